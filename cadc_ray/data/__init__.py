@@ -1,0 +1,1 @@
+"""Data layer: readers, synthetic generator, prepared layout, split and sampling."""

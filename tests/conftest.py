@@ -1,0 +1,51 @@
+"""Shared fixtures: one Ray session for the whole test run, the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    return Path(os.environ.get("CADC_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or $CADC_DATA_DIR). Missing data fails in CI, skips elsewhere."""
+    folder = _shared_data_dir()
+    if not (folder / "ml-100k" / "u.data").is_file():
+        message = f"real datasets not found at {folder} (set CADC_DATA_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the session (RAY_NOTES: logical CPUs may exceed physical ones).
+
+    4 logical CPUs lets a 2-worker Train run keep CPUs free for Ray Data.
+    """
+    # State tracking makes Train V2 runs visible in the dashboard's state API.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            # The dashboard's state API is what lets Train V2 release placement groups
+            # cleanly when ASHA stops a trial (RAY_NOTES); the monitoring test reads it.
+            include_dashboard=True,
+            object_store_memory=300 * 1024 * 1024,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )
+    yield
+    ray.shutdown()
