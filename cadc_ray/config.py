@@ -41,14 +41,18 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """The embedded default dataset: latent-factor users/items, power-law popularity."""
 
-    num_users: int = 6000
-    num_items: int = 3000
-    num_interactions: int = 300_000
+    num_users: int = 4000
+    num_items: int = 2000
+    num_interactions: int = 200_000  # a target: the manifest has the exact count
     latent_dim: int = 16
-    popularity_exponent: float = 1.0
-    feature_noise: float = 0.5
+    popularity_exponent: float = 0.8
+    feature_noise: float = 1.5  # std of the noise added to unit-variance feature signals
     shard_rows: int = 1_000_000
     seed: int = 0
+    # How strongly choices follow the latent affinity (lower: more collaborative signal).
+    temperature: float = 0.2
+    candidates_per_interaction: int = 16  # popularity-drawn candidates per kept interaction
+    activity_sigma: float = 0.8  # log-normal spread of interactions per user
 
 
 @dataclass(frozen=True)

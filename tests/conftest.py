@@ -39,13 +39,21 @@ def ray_session() -> Iterator[None]:
 
     if not ray.is_initialized():
         ray.init(
+            # Never attach to another Ray running on this (shared) machine.
+            address="local",
             num_cpus=4,
             # The dashboard's state API is what lets Train V2 release placement groups
             # cleanly when ASHA stops a trial (RAY_NOTES); the monitoring test reads it.
+            # It binds to 127.0.0.1 with token auth on (tests/test_monitoring.py checks).
             include_dashboard=True,
             object_store_memory=300 * 1024 * 1024,
             log_to_driver=False,
             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+            # Custom Gauges reach the Prometheus endpoint (a free port Ray picks; see
+            # ray.nodes()[0]["MetricsExportPort"]) every report interval and vanish ~2
+            # intervals after their worker exits: 1 s instead of Ray's 10 s lets a
+            # short test stage be seen while it runs.
+            _system_config={"metrics_report_interval_ms": 1000},
         )
     yield
     ray.shutdown()

@@ -1,0 +1,40 @@
+"""nn.Modules only: id embeddings (+ integration techniques), MF, two-tower."""
+
+from cadc_ray.models.embeddings import (
+    FROZEN_TABLE_BUFFER,
+    INTEGRATION_TECHNIQUES,
+    IdEmbedding,
+    build_id_embedding,
+    count_parameters,
+    frozen_table_names,
+    pretrained_tensor,
+)
+from cadc_ray.models.mf import FactorTables, MatrixFactorization, MFSide, MLPMatrixFactorization
+from cadc_ray.models.pretrained import PretrainedTables
+from cadc_ray.models.two_tower import (
+    FeatureEncoder,
+    Tower,
+    TwoTower,
+    build_two_tower,
+    data_buffer_names,
+)
+
+__all__ = [
+    "FROZEN_TABLE_BUFFER",
+    "INTEGRATION_TECHNIQUES",
+    "FactorTables",
+    "FeatureEncoder",
+    "IdEmbedding",
+    "MFSide",
+    "MLPMatrixFactorization",
+    "MatrixFactorization",
+    "PretrainedTables",
+    "Tower",
+    "TwoTower",
+    "build_id_embedding",
+    "build_two_tower",
+    "count_parameters",
+    "data_buffer_names",
+    "frozen_table_names",
+    "pretrained_tensor",
+]

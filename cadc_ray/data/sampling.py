@@ -1,0 +1,101 @@
+"""Uniform, reproducible row samples of D_full (METHOD 1.1's ``D_sub``).
+
+A row is kept when a seeded 64-bit hash (splitmix64) of its ``row_index``, read as a number
+in [0, 1), is below ``1 / filter_ratio``. The decision depends only on (row_index, seed):
+identical whatever the shards, blocks or workers, and nested across ratios (the 10% sample
+is a subset of the 20% sample for the same seed). Ray Data applies it lazily, block by
+block; nothing is collected in the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from cadc_ray.data.errors import DataError
+from cadc_ray.data.layout import SUCCESS_MARKER, atomic_directory
+from cadc_ray.data.split import SplitPaths
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(values: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer, ``(N,)`` uint64 -> ``(N,)`` uint64 (a bijection)."""
+    z = np.asarray(values, dtype=np.uint64) + _GOLDEN  # wraps modulo 2**64, as intended
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    return z ^ (z >> np.uint64(31))
+
+
+def check_filter_ratio(filter_ratio: float) -> None:
+    if (
+        not isinstance(filter_ratio, (int, float))
+        or not math.isfinite(filter_ratio)
+        or filter_ratio < 1
+    ):
+        raise DataError(
+            f"data.filter_ratio: must be a finite number >= 1 (1/filter_ratio of D_full is "
+            f"sampled), got {filter_ratio!r}"
+        )
+
+
+def uniform_hash(row_index: np.ndarray, seed: int) -> np.ndarray:
+    """``(N,)`` float64 in [0, 1): the seeded hash of each row index."""
+    seed_key = splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    hashed = splitmix64(np.asarray(row_index).astype(np.uint64) ^ seed_key)
+    return (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def sample_mask(row_index: np.ndarray, filter_ratio: float, seed: int) -> np.ndarray:
+    """``(N,)`` bool: which rows belong to the ``1/filter_ratio`` sample for ``seed``."""
+    check_filter_ratio(filter_ratio)
+    return uniform_hash(row_index, seed) < 1.0 / filter_ratio
+
+
+def sample_dataset(
+    split: SplitPaths, filter_ratio: float, seed: int, *, override_num_blocks: int | None = None
+) -> ray.data.Dataset:
+    """The lazy, streaming Ray Dataset of ``D_sub`` (the D_full columns).
+
+    ``override_num_blocks`` changes only the read layout, never the sample.
+    """
+    import ray.data  # local: the rest of the data layer runs without Ray
+
+    check_filter_ratio(filter_ratio)
+
+    def keep_sampled(batch: pa.Table) -> pa.Table:
+        mask = sample_mask(batch.column("row_index").to_numpy(), filter_ratio, seed)
+        return batch.filter(pa.array(mask))
+
+    return ray.data.read_parquet(
+        str(split.train_dir), override_num_blocks=override_num_blocks
+    ).map_batches(keep_sampled, batch_format="pyarrow", zero_copy_batch=True)
+
+
+def sample_dir(split: SplitPaths, filter_ratio: float, seed: int) -> Path:
+    return split.root / "samples" / f"ratio-{filter_ratio:g}-seed-{seed}"
+
+
+def materialize_sample(split: SplitPaths, filter_ratio: float, seed: int) -> Path:
+    """Writes ``D_sub`` as Parquet shards once (temp + rename, ``_SUCCESS``); reused after."""
+    check_filter_ratio(filter_ratio)
+    target = sample_dir(split, filter_ratio, seed)
+    if (target / SUCCESS_MARKER).is_file():
+        return target
+    with atomic_directory(target) as temp:
+        sample_dataset(split, filter_ratio, seed).write_parquet(str(temp))
+        (temp / SUCCESS_MARKER).write_text("", encoding="utf-8")
+    logger.info("sample 1/%g (seed %d) written to %s", filter_ratio, seed, target)
+    return target

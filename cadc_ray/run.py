@@ -1,0 +1,238 @@
+"""One experiment end to end: ``python -m cadc_ray.run CONFIG.yaml [--set key=value ...]``.
+
+prepare (if needed) -> split (materialized once, reused) -> sample -> pretrain (if the
+method pretrains) -> TTNN training with per-epoch validation and early stopping ->
+test metrics at the best epoch -> ``<run dir>/results.json`` (written atomically).
+
+The config is loaded and validated before anything starts: a ``ConfigError`` prints
+its message and exits with status 2 without touching Ray or the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cadc_ray.config import ConfigError, ExperimentConfig, load_config, to_dict
+from cadc_ray.methods import METHODS, resolved_integration
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+TRAIN_STORAGE_DIR = "ray_train"
+"""Per-run scratch folder for Ray Train's checkpoints; cleared when a run starts."""
+
+EXIT_CONFIG_ERROR = 2
+
+
+def default_run_dir(config: ExperimentConfig) -> Path:
+    """``<output_root>/<name>``: one folder per experiment name (a rerun replaces it)."""
+    return Path(config.output_root) / config.name
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Writes ``payload`` to ``path`` through a temporary sibling + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _percent(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: round(100.0 * value, 4) for name, value in metrics.items()}
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    run_dir: Path | None = None,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Runs one experiment and returns the dict written to ``<run_dir>/results.json``.
+
+    Starts (or connects to) Ray when it is not initialized and shuts down what it
+    started. Metrics in ``test`` / ``val`` are fractions in [0, 1]; ``test_percent`` /
+    ``val_percent`` repeat them as percentages (the paper's unit).
+    """
+    from cadc_ray.data import Manifest, materialize_split, prepare_dataset
+    from cadc_ray.runtime.checkpoint import software_versions
+    from cadc_ray.runtime.pretrain import fit_pretrain
+    from cadc_ray.runtime.session import init_ray, resolve_use_gpu
+    from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
+
+    spec = METHODS[config.method]
+    started = time.perf_counter()
+    # Plain files, no Ray: bad input fails here, before any cluster resource is taken.
+    prepared = prepare_dataset(config.data, Path(config.output_root))
+    manifest = Manifest.load(prepared)
+    prepare_seconds = time.perf_counter() - started
+
+    folder = run_dir if run_dir is not None else default_run_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = (folder / TRAIN_STORAGE_DIR).resolve()
+    # A run folder holds one run: stale Train checkpoints would otherwise be resumed.
+    shutil.rmtree(storage, ignore_errors=True)
+
+    started_ray = init_ray(address, resources=config.resources)
+    import ray
+
+    try:
+        use_gpu = resolve_use_gpu(config.resources)
+        split_started = time.perf_counter()
+        split = materialize_split(prepared)
+        split_seconds = time.perf_counter() - split_started
+        pretrain_result = None
+        pretrained_refs: list[ray.ObjectRef] | None = None
+        if spec.pretrainer is not None:
+            pretrain_result = fit_pretrain(
+                config,
+                split,
+                num_users=manifest.num_users,
+                num_items=manifest.num_items,
+                use_gpu=use_gpu,
+                run_name="pretrain",
+                storage_path=str(storage),
+            )
+            # Wrapped in a list: a bare top-level ref would be resolved by value (RAY_NOTES).
+            pretrained_refs = [ray.put(pretrain_result.tables)]
+        sample_started = time.perf_counter()
+        inputs = build_ttnn_inputs(config, prepared, split, pretrained=pretrained_refs)
+        sample_seconds = time.perf_counter() - sample_started
+        ttnn = fit_ttnn(
+            config,
+            inputs,
+            use_gpu=use_gpu,
+            run_name="ttnn",
+            storage_path=str(storage),
+        )
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    results: dict[str, Any] = {
+        "method": config.method,
+        "method_label": spec.label,
+        "dataset": config.data.dataset,
+        "filter_ratio": config.data.filter_ratio,
+        "integration": resolved_integration(config.method, config.model.integration),
+        "embedding_dim": config.model.embedding_dim,
+        "pretrain_embedding_dim": config.pretrain.embedding_dim if spec.pretrainer else None,
+        "pretrainer": spec.pretrainer,
+        "seed": config.seed,
+        "test": ttnn.test_metrics,
+        "val": ttnn.best_val_metrics,
+        "test_percent": _percent(ttnn.test_metrics),
+        "val_percent": _percent(ttnn.best_val_metrics),
+        "metrics_unit": "fraction in [0, 1] (test/val); percent (test_percent/val_percent)",
+        "selection_metric": config.eval.selection_metric,
+        "best_epoch": ttnn.best_epoch,
+        "epochs_run": ttnn.epochs_run,
+        "early_stopped": ttnn.early_stopped,
+        "pretrain_seconds": pretrain_result.seconds if pretrain_result else 0.0,
+        "pretrain_loop_seconds": pretrain_result.loop_seconds if pretrain_result else 0.0,
+        "pretrain_epochs": pretrain_result.epochs if pretrain_result else 0,
+        "train_seconds": ttnn.seconds,
+        "train_loop_seconds": ttnn.loop_seconds,
+        "prepare_seconds": round(prepare_seconds, 3),  # 0-ish when the prepared dir is reused
+        "split_seconds": round(split_seconds, 3),  # 0-ish when the split is reused
+        "sample_seconds": round(sample_seconds, 3),  # 0-ish when the sample is reused
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "train_interactions": ttnn.train_interactions,
+        "trainable_parameters": ttnn.trainable_parameters,
+        "frozen_parameters": ttnn.frozen_parameters,
+        "num_users": manifest.num_users,
+        "num_items": manifest.num_items,
+        "num_workers": config.resources.num_workers,
+        "use_gpu": use_gpu,
+        "history": ttnn.history,
+        "pretrain_history": pretrain_result.history if pretrain_result else [],
+        "prepared_dir": str(prepared),
+        "train_data": str(inputs.train_path),
+        "checkpoint_path": ttnn.checkpoint_path,
+        "config": to_dict(config),
+        "versions": software_versions(),
+    }
+    if not manifest.has_timestamp:
+        results["time_order"] = manifest.time_order  # how "last" was decided for the split
+    write_json_atomic(folder / RESULTS_FILE, results)
+    return results
+
+
+def summary(results: dict[str, Any]) -> str:
+    """A few human-readable lines about a finished run."""
+    test = ", ".join(f"{k} {v:.2f}%" for k, v in sorted(results["test_percent"].items()))
+    val = ", ".join(f"{k} {v:.2f}%" for k, v in sorted(results["val_percent"].items()))
+    stopped = " (early stopped)" if results["early_stopped"] else ""
+    lines = [
+        f"{results['method_label']} on {results['dataset']} "
+        f"(filter ratio {results['filter_ratio']:g}, integration {results['integration']}, "
+        f"seed {results['seed']})",
+        f"  test: {test}   val: {val}",
+        f"  best epoch {results['best_epoch']} of {results['epochs_run']}{stopped}; "
+        f"{results['train_interactions']} training interactions; "
+        f"{results['trainable_parameters']} trainable / {results['frozen_parameters']} frozen parameters",
+        f"  time: pretrain {results['pretrain_seconds']:.1f}s + TTNN {results['train_seconds']:.1f}s "
+        f"(total {results['total_seconds']:.1f}s)",
+    ]
+    if "time_order" in results:
+        lines.append(f"  note: {results['time_order']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cadc_ray.run",
+        description="Run one CADC / baseline experiment and write results.json.",
+    )
+    parser.add_argument("config", help="experiment YAML (e.g. configs/synthetic.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="run folder (default: <output_root>/<name>)"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to use ('auto' = the one `ray start` launched here; default: "
+        "$RAY_ADDRESS, else a new local Ray)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the process exit status (2 on a config/data error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    from cadc_ray.data.errors import DataError
+
+    try:
+        results = run_experiment(config, run_dir=args.output, address=args.address)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(summary(results))
+    run_dir = args.output if args.output is not None else default_run_dir(config)
+    print(f"  results: {run_dir / RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Connecting to (or starting) Ray, and deciding CPU or GPU workers.
+
+The command-line entry points call :func:`init_ray` once; library functions such
+as :func:`cadc_ray.runtime.pretrain.fit_pretrain` expect Ray to be initialized
+already (tests share one session fixture).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from cadc_ray.config import ConfigError, ResourcesConfig
+
+logger = logging.getLogger(__name__)
+
+DATA_RESERVED_CPUS = 1
+"""Logical CPUs a locally started Ray keeps for Ray Data on top of the Train workers.
+
+RAY_NOTES: Train's workers' CPUs are excluded from Ray Data's budget; if the workers
+reserve every CPU, Ray Data gets none and the run hangs without an error.
+"""
+
+
+def train_cpus(resources: ResourcesConfig) -> int:
+    """Logical CPUs one Train stage reserves (local mode runs in the driver: 1)."""
+    return max(resources.num_workers, 1) * resources.cpus_per_worker
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    resources: ResourcesConfig | None = None,
+    include_dashboard: bool | None = None,
+    log_to_driver: bool = True,
+) -> bool:
+    """Connects to a Ray cluster, or starts a local one sized so Ray Data is never starved.
+
+    ``address`` (or ``$RAY_ADDRESS`` when it is None): an existing cluster, e.g.
+    ``"auto"`` for one started with ``ray start`` on this machine, or
+    ``"ray://head:10001"``. Without either, a new local Ray starts with
+    ``max(os.cpu_count(), train CPUs + DATA_RESERVED_CPUS)`` logical CPUs (logical CPUs
+    may exceed physical ones; what matters is that the Train workers' reservation leaves
+    some for Ray Data). A session that is already initialized is kept as it is.
+
+    Returns True when this call started or connected Ray (the caller should
+    ``ray.shutdown()`` at the end), False when Ray was already initialized.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"log_to_driver": log_to_driver}
+    if include_dashboard is not None:
+        options["include_dashboard"] = include_dashboard
+    if target is not None:
+        logger.info("connecting to the Ray cluster at %s", target)
+        ray.init(address=target, **options)
+        return True
+    needed = train_cpus(resources or ResourcesConfig()) + DATA_RESERVED_CPUS
+    num_cpus = max(os.cpu_count() or 1, needed)
+    logger.info("starting a local Ray with %d logical CPUs", num_cpus)
+    # address="local": never attach silently to some other local cluster on a shared machine.
+    ray.init(address="local", num_cpus=num_cpus, **options)
+    return True
+
+
+def resolve_use_gpu(resources: ResourcesConfig) -> bool:
+    """``resources.use_gpu`` -> whether Train workers ask for GPUs.
+
+    ``auto``: GPU workers iff the *cluster* has GPUs (not the driver's node: the head may
+    be CPU-only). ``yes`` on a cluster without GPUs fails here, before any work starts.
+    Requires an initialized Ray.
+    """
+    if resources.use_gpu == "no":
+        return False
+    import ray
+
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    if resources.use_gpu == "yes" and cluster_gpus <= 0:
+        raise ConfigError(
+            "resources.use_gpu: 'yes' but the Ray cluster has no GPUs "
+            f"(cluster resources: {sorted(ray.cluster_resources())}); use 'auto' or 'no'"
+        )
+    return cluster_gpus > 0

@@ -1,0 +1,105 @@
+"""Command line of the sweep: load and validate the spec, run (or resume), print where results are.
+
+Exit status: 0 done (even when some trials failed: see the table), 2 spec/config/data
+error (before any trial or Ray resource starts when it is the spec), 1 when every trial
+failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cadc_ray.config import ConfigError
+
+EXIT_CONFIG_ERROR = 2
+EXIT_ALL_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cadc_ray.sweep",
+        description="Run a Ray Tune + Optuna sweep of CADC experiments; writes a results "
+        "table (CSV/Markdown), the best config and plots to the spec's output_dir.",
+    )
+    parser.add_argument("spec", help="sweep spec YAML (e.g. tune_specs/ratio.yaml)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted sweep in output_dir (finished trials are not re-run)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="spec key (output_dir, num_samples, max_concurrent_trials, searcher.seed, ...) "
+        "or dotted experiment key added to the spec's overrides (data.path=..., train.epochs=3)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to use ('auto' = the one `ray start` launched here; default: "
+        "$RAY_ADDRESS, else a new local Ray sized by the spec's `ray` section)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="validate the spec and list the trials, then exit"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from cadc_ray.sweep.spec import load_spec
+
+    try:
+        spec = load_spec(args.spec, args.sets)
+    except ConfigError as error:
+        print(f"spec error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.check:
+        from cadc_ray.sweep.space import (
+            distinct_pretrain_configs,
+            grid_points,
+            trial_configs_for_setup,
+        )
+
+        print(
+            f"spec {spec.source} is valid: searcher {spec.searcher.kind}, output {spec.output_dir}"
+        )
+        if spec.searcher.kind == "grid":
+            for index, point in enumerate(grid_points(spec)):
+                print(f"  trial {index}: {point}")
+        else:
+            print(f"  {spec.num_samples} Optuna trials over {[key for key, _ in spec.space]}")
+        pretraining = distinct_pretrain_configs(trial_configs_for_setup(spec))
+        print(f"  pretraining runs before the trials: {sorted(pretraining) or 'none'}")
+        return 0
+
+    from cadc_ray.data import DataError
+    from cadc_ray.sweep.driver import run_sweep
+
+    try:
+        outcome = run_sweep(spec, resume=args.resume, address=args.address)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    statuses = [record["status"] for record in outcome.records]
+    print(
+        f"sweep {spec.name}: {statuses.count('finished')} finished, {statuses.count('stopped')} "
+        f"stopped early, {statuses.count('error')} failed in {outcome.wall_seconds:.0f}s "
+        f"(pretraining runs: {len(outcome.pretrain_runs)}, reused: {len(outcome.pretrain_loaded)})"
+    )
+    for kind, path in outcome.files.items():
+        print(f"  {kind}: {path}")
+    if outcome.interrupted:
+        print(f"interrupted: finish it with  python -m cadc_ray.sweep {args.spec} --resume")
+    if statuses and statuses.count("error") == len(statuses):
+        return EXIT_ALL_FAILED
+    return 0

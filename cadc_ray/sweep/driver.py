@@ -1,0 +1,632 @@
+"""The sweep driver: shared setup once, then Ray Tune trials that each run a TorchTrainer.
+
+Shape (RAY_NOTES "Train inside Tune"): a Tune *function* trainable, :func:`run_trial`,
+builds and fits the TTNN's ``TorchTrainer`` through :func:`cadc_ray.runtime.ttnn.fit_ttnn`
+with ``RunConfig(name=f"train-{trial_id}", callbacks=[SweepReportCallback()])`` — never
+``Tuner(trainer)``, which Train V2 does not support.
+
+Before ``Tuner.fit`` the driver, once:
+
+1. prepares every dataset in the space and materializes its split and every discrete
+   sample (trials reuse them; nothing is recomputed per trial);
+2. pretrains once per distinct pretraining config (dataset, pretrainer variant, dim,
+   every ``pretrain.*`` field, seed), saves the tables under ``<output>/pretrained/``
+   (so ``--resume`` does not pretrain again) and ``ray.put``s each table set ONCE;
+3. hands the refs to the trials wrapped in lists inside :class:`TrialContext` through
+   ``tune.with_parameters`` (a bare top-level ref would be resolved by value: RAY_NOTES).
+
+Trials cap their concurrency with a custom resource (``cadc_trial_slot``) when the
+cluster has it (a Ray started by the sweep does), so a trial's driver does not hold a
+CPU its Train workers or Ray Data need; ``max_concurrent_trials`` also goes to Tune
+(custom searchers otherwise run one trial at a time: ray #46965).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from cadc_ray.config import ConfigError, ExperimentConfig, replace_dotted, to_dict
+from cadc_ray.sweep.space import (
+    TRIAL_KEY,
+    OptunaSpace,
+    distinct_pretrain_configs,
+    distinct_samples,
+    grid_points,
+    pretrain_key,
+    resolve_trial_config,
+    trial_configs_for_setup,
+)
+from cadc_ray.sweep.spec import SweepSpec, known_metrics
+
+logger = logging.getLogger(__name__)
+
+TRIAL_SLOT_RESOURCE = "cadc_trial_slot"
+"""Custom resource a trial's driver takes: caps concurrent trials without eating CPUs."""
+
+FALLBACK_DRIVER_CPUS = 0.1
+"""A trial driver's CPU share on clusters without :data:`TRIAL_SLOT_RESOURCE`."""
+
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+PRETRAINED_DIR = "pretrained"
+SPEC_FILE = "spec.json"
+
+
+# ---------------------------------------------------------------------------------------
+# What the trials share
+
+
+@dataclass(frozen=True)
+class DatasetInputs:
+    """One prepared dataset with its split (paths only: trials read them themselves)."""
+
+    prepared: str
+    split: Any  # cadc_ray.data.SplitPaths (picklable dataclass of paths)
+    num_users: int
+    num_items: int
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its overrides; put in the object store once.
+
+    ``pretrained_refs`` maps a pretraining key to ``[ObjectRef]`` — wrapped in a list so
+    that Ray hands trials the reference (shared, zero-copy) and not a resolved copy.
+    """
+
+    base_config: ExperimentConfig
+    datasets: dict[str, DatasetInputs]
+    pretrained_refs: dict[str, list[Any]]
+    pretrain_seconds: dict[str, float]
+    train_storage_path: str
+    use_gpu: bool
+    metric_names: tuple[str, ...]
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished (or resumed) sweep did; the files are in ``output_dir``."""
+
+    output_dir: Path
+    records: list[dict[str, Any]]
+    pretrain_runs: list[str] = field(default_factory=list)  # keys pretrained in this call
+    pretrain_loaded: list[str] = field(default_factory=list)  # keys loaded from disk (resume)
+    pretrained_ref_ids: dict[str, str] = field(default_factory=dict)  # key -> ObjectRef hex
+    wall_seconds: float = 0.0
+    files: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # Tune stopped before every trial ended (e.g. Ctrl-C): --resume
+
+
+def data_key(config: ExperimentConfig) -> str:
+    """Identity of a trial's dataset (everything in ``data`` but the sample)."""
+    data = {
+        k: v for k, v in to_dict(config.data).items() if k not in ("filter_ratio", "sample_seed")
+    }
+    return json.dumps(data, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The trial
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Tune function trainable: one TTNN training run, reported to Tune.
+
+    Per-epoch validation metrics reach Tune through ``SweepReportCallback`` (Train
+    worker groups). Local mode (``num_workers: 0``) runs in a Ray task (see
+    :data:`_local_mode_fit`) and skips RunConfig callbacks: only the final summary is
+    reported then. The final report carries every metric of
+    :func:`cadc_ray.sweep.spec.known_metrics` plus bookkeeping (pretraining key and the
+    id of the ObjectRef the trial read).
+    """
+    import ray
+    from ray import tune
+
+    from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
+    from cadc_ray.sweep.callbacks import SweepReportCallback
+
+    overrides: dict[str, Any] = dict(config[TRIAL_KEY])
+    trial_config = resolve_trial_config(context.base_config, overrides)
+    trial_id = tune.get_context().get_trial_id()
+    dataset = context.datasets[data_key(trial_config)]
+    key = pretrain_key(trial_config)
+    refs: list[Any] | None = None
+    pretrain_seconds = 0.0
+    if key is not None:
+        if key not in context.pretrained_refs:
+            raise RuntimeError(
+                f"trial {trial_id}: no pretrained tables for {key} (known: {sorted(context.pretrained_refs)})"
+            )
+        refs = context.pretrained_refs[key]
+        pretrain_seconds = context.pretrain_seconds[key]
+    started_at = time.time()
+    inputs = build_ttnn_inputs(trial_config, Path(dataset.prepared), dataset.split, pretrained=refs)
+    run_name = f"train-{trial_id}"
+    if trial_config.resources.num_workers > 0:
+        result = fit_ttnn(
+            trial_config,
+            inputs,
+            use_gpu=context.use_gpu,
+            run_name=run_name,
+            storage_path=context.train_storage_path,
+            callbacks=[SweepReportCallback(context.metric_names, pretrain_seconds)],
+        )
+    else:
+        result = ray.get(
+            _local_mode_fit.options(
+                **local_mode_task_options(trial_config, context.use_gpu)
+            ).remote(trial_config, inputs, context.use_gpu, run_name, context.train_storage_path)
+        )
+    finished_at = time.time()
+    summary = trial_summary(result, pretrain_seconds)
+    summary.update(
+        {
+            "pretrain_key": key or "",
+            "pretrained_ref": refs[0].hex() if refs else "",
+            "trial_started_at": started_at,
+            "trial_finished_at": finished_at,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+    )
+    tune.report(summary)
+
+
+def local_mode_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, Any]:
+    """Resources of the task that runs a local-mode (``num_workers: 0``) TTNN fit."""
+    return {
+        "num_cpus": config.resources.cpus_per_worker,
+        "num_gpus": 1 if use_gpu else 0,
+        # Outside the trial's placement group (Tune captures child tasks into it).
+        "scheduling_strategy": "DEFAULT",
+    }
+
+
+def _local_mode_fit_impl(
+    config: ExperimentConfig, inputs: Any, use_gpu: bool, run_name: str, storage_path: str
+) -> Any:
+    from cadc_ray.runtime.ttnn import fit_ttnn
+
+    return fit_ttnn(config, inputs, use_gpu=use_gpu, run_name=run_name, storage_path=storage_path)
+
+
+class _RemoteFunction:
+    """``ray.remote(fn)`` created at first use (nothing Ray-related at import time)."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+        self._remote: Any = None
+
+    def options(self, **options: Any) -> Any:
+        import ray
+
+        if self._remote is None:
+            self._remote = ray.remote(self._fn)
+        return self._remote.options(**options)
+
+
+_local_mode_fit = _RemoteFunction(_local_mode_fit_impl)
+"""Train V2 local mode refuses to run inside a Tune trial's process (``ray.train.*``
+raises a DeprecationWarning there, ray #49454), so a ``num_workers: 0`` trial runs its
+in-process TorchTrainer in a plain Ray task instead: no worker-group start (~15-20 s),
+a pooled worker process. The task takes the trial's CPUs; the trial's actor only waits."""
+
+
+def trial_summary(result: Any, pretrain_seconds: float) -> dict[str, Any]:
+    """A TTNNResult -> flat Tune metrics (fractions; seconds; parameter counts)."""
+    metrics: dict[str, Any] = {}
+    for name, value in result.best_val_metrics.items():
+        metrics[f"val_{name}"] = float(value)
+    for name, value in result.test_metrics.items():
+        metrics[f"test_{name}"] = float(value)
+    train_seconds = float(result.seconds)
+    metrics.update(
+        {
+            "pretrain_seconds": float(pretrain_seconds),
+            "train_seconds": train_seconds,
+            "total_seconds": float(pretrain_seconds) + train_seconds,
+            "trainable_parameters": int(result.trainable_parameters),
+            "frozen_parameters": int(result.frozen_parameters),
+            "best_epoch": int(result.best_epoch),
+            "epochs_run": int(result.epochs_run),
+            "early_stopped": bool(result.early_stopped),
+            "train_interactions": int(result.train_interactions),
+        }
+    )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------
+# Searcher and scheduler
+
+
+def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any]]:
+    """(search_alg or None, param_space) for the spec's searcher."""
+    from ray import tune
+
+    if spec.searcher.kind == "grid":
+        points = grid_points(spec)
+        return None, {TRIAL_KEY: tune.grid_search(points)}
+    import optuna
+
+    sampler: Any
+    if spec.searcher.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=spec.searcher.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
+    metrics = [objective.metric for objective in spec.objectives]
+    modes: list[str] = [objective.mode for objective in spec.objectives]
+    from cadc_ray.sweep.callbacks import FinalResultOptunaSearch
+
+    searcher = FinalResultOptunaSearch(
+        space=OptunaSpace(spec.base_config.method, spec.space),
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=sampler,
+        study_name=spec.name,
+    )
+    return searcher, {}
+
+
+def build_scheduler(spec: SweepSpec) -> Any:
+    if spec.early_stopping.kind != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    stopping = spec.early_stopping
+    # One Tune iteration per epoch, plus the final summary report: max_t past the last
+    # epoch, so ASHA never stops a trial between its last epoch and its test metrics.
+    max_t = stopping.max_t if stopping.max_t is not None else spec.base_config.train.epochs + 1
+    return ASHAScheduler(
+        metric=stopping.metric,
+        mode=stopping.mode,
+        grace_period=stopping.grace_period,
+        reduction_factor=stopping.reduction_factor,
+        max_t=max(max_t, stopping.grace_period),
+    )
+
+
+def trial_resources(
+    config: ExperimentConfig, use_gpu: bool, has_slot_resource: bool
+) -> dict[str, float]:
+    """What a trial's driver actor holds.
+
+    The trial's actor only drives: worker groups (``num_workers >= 1``) get their own
+    CPUs/GPUs from Train, and local mode runs in a task that takes them.
+    """
+    # Local mode trains in a Ray task that takes the CPUs itself (see _local_mode_fit).
+    resources: dict[str, float] = {"CPU": 0.0 if has_slot_resource else FALLBACK_DRIVER_CPUS}
+    if has_slot_resource:
+        resources[TRIAL_SLOT_RESOURCE] = 1.0
+    return resources
+
+
+# ---------------------------------------------------------------------------------------
+# Ray, setup and pretraining
+
+
+def start_ray(spec: SweepSpec, address: str | None) -> bool:
+    """Starts a local Ray (with the trial-slot resource) or connects; True if this call did."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = address or spec.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if target is not None:
+        from cadc_ray.runtime.session import init_ray
+
+        return init_ray(target, include_dashboard=spec.ray.include_dashboard)
+    # Train V2 runs appear in the dashboard only when this is set before ray.init (RAY_NOTES).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    resources = spec.base_config.resources
+    per_trial = max(resources.num_workers, 1) * resources.cpus_per_worker
+    # Logical CPUs may exceed physical ones; what matters is that the trials' Train
+    # workers never reserve every CPU, or Ray Data gets none and hangs (RAY_NOTES).
+    num_cpus = spec.ray.num_cpus or max(
+        os.cpu_count() or 1, per_trial * spec.max_concurrent_trials + 1
+    )
+    options: dict[str, Any] = {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "resources": {TRIAL_SLOT_RESOURCE: float(spec.max_concurrent_trials)},
+        "include_dashboard": spec.ray.include_dashboard,
+    }
+    if spec.ray.object_store_memory_mb is not None:
+        options["object_store_memory"] = spec.ray.object_store_memory_mb * 1024 * 1024
+    logger.info(
+        "starting a local Ray: %d logical CPUs, %d trial slots",
+        num_cpus,
+        spec.max_concurrent_trials,
+    )
+    ray.init(**options)
+    return True
+
+
+def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """Trials run with another working directory (Tune's trial dir): paths made absolute."""
+    values: dict[str, Any] = {"output_root": str(Path(config.output_root).resolve())}
+    if config.data.path is not None:
+        values["data.path"] = str(Path(os.path.expandvars(config.data.path)).expanduser().resolve())
+    if config.data.prepared_dir is not None:
+        values["data.prepared_dir"] = str(Path(config.data.prepared_dir).resolve())
+    return replace_dotted(config, values)
+
+
+def prepare_datasets(configs: Sequence[ExperimentConfig]) -> dict[str, DatasetInputs]:
+    """Prepares each distinct dataset once and materializes its split and samples."""
+    from cadc_ray.data import Manifest, materialize_sample, materialize_split, prepare_dataset
+
+    result: dict[str, DatasetInputs] = {}
+    by_dataset: dict[str, list[ExperimentConfig]] = {}
+    for config in configs:
+        by_dataset.setdefault(data_key(config), []).append(config)
+    for key, group in by_dataset.items():
+        first = group[0]
+        prepared = prepare_dataset(first.data, Path(first.output_root))
+        manifest = Manifest.load(prepared)
+        split = materialize_split(prepared)
+        for filter_ratio, sample_seed in distinct_samples(group):
+            materialize_sample(split, filter_ratio, sample_seed)
+        result[key] = DatasetInputs(
+            prepared=str(prepared),
+            split=split,
+            num_users=int(manifest.num_users),
+            num_items=int(manifest.num_items),
+        )
+        logger.info(
+            "dataset %s ready: %s (%d samples materialized)",
+            first.data.dataset,
+            prepared,
+            len(distinct_samples(group)),
+        )
+    return result
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def save_pretrained(folder: Path, key: str, tables: Any, seconds: float) -> None:
+    """``<key>.npz`` (user, item) + ``<key>.json`` (pretrainer, seconds), each atomic."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{key}.tmp-{os.getpid()}.npz"
+    np.savez(temporary, user=tables.user, item=tables.item)
+    os.replace(temporary, folder / f"{key}.npz")
+    meta = {
+        "key": key,
+        "pretrainer": tables.pretrainer,
+        "seconds": seconds,
+        "width": int(tables.user.shape[1]),
+    }
+    _write_atomic(folder / f"{key}.json", json.dumps(meta, indent=2) + "\n")
+
+
+def load_pretrained(folder: Path, key: str) -> tuple[Any, float] | None:
+    """The tables and seconds saved by :func:`save_pretrained`, or None."""
+    from cadc_ray.models.pretrained import PretrainedTables
+
+    meta_file, table_file = folder / f"{key}.json", folder / f"{key}.npz"
+    if not (meta_file.is_file() and table_file.is_file()):
+        return None
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    with np.load(table_file) as arrays:
+        tables = PretrainedTables(
+            user=arrays["user"], item=arrays["item"], pretrainer=meta["pretrainer"]
+        )
+    return tables, float(meta["seconds"])
+
+
+def pretrain_all(
+    configs: Mapping[str, ExperimentConfig],
+    datasets: Mapping[str, DatasetInputs],
+    *,
+    output_dir: Path,
+    use_gpu: bool,
+    reuse_saved: bool,
+    outcome: SweepOutcome,
+) -> tuple[dict[str, list[Any]], dict[str, float]]:
+    """Pretrains once per key (or loads the saved tables) and ``ray.put``s each ONCE."""
+    import ray
+
+    from cadc_ray.runtime.pretrain import fit_pretrain
+
+    refs: dict[str, list[Any]] = {}
+    seconds: dict[str, float] = {}
+    folder = output_dir / PRETRAINED_DIR
+    for key, config in configs.items():
+        saved = load_pretrained(folder, key) if reuse_saved else None
+        if saved is not None:
+            tables, pretrain_seconds = saved
+            outcome.pretrain_loaded.append(key)
+            logger.info("pretraining %s: reusing %s", key, folder / f"{key}.npz")
+        else:
+            dataset = datasets[data_key(config)]
+            logger.info(
+                "pretraining %s (%s, d=%d)", key, config.method, config.pretrain.embedding_dim
+            )
+            result = fit_pretrain(
+                config,
+                dataset.split,
+                num_users=dataset.num_users,
+                num_items=dataset.num_items,
+                use_gpu=use_gpu,
+                run_name=f"pretrain-{key}",
+                storage_path=str(output_dir / TRAIN_DIR),
+            )
+            tables, pretrain_seconds = result.tables, float(result.seconds)
+            save_pretrained(folder, key, tables, pretrain_seconds)
+            outcome.pretrain_runs.append(key)
+        ref = ray.put(tables)
+        refs[key] = [ref]  # wrapped: trials get the reference, not a copy (RAY_NOTES)
+        seconds[key] = pretrain_seconds
+        outcome.pretrained_ref_ids[key] = ref.hex()
+    return refs, seconds
+
+
+# ---------------------------------------------------------------------------------------
+# The sweep
+
+
+def check_output_dir(spec: SweepSpec, output_dir: Path, resume: bool) -> None:
+    """Fresh sweeps need a fresh folder; ``--resume`` needs the same spec's Tune state."""
+    from ray.tune import Tuner
+
+    tune_dir = output_dir / TUNE_DIR
+    saved_spec = output_dir / SPEC_FILE
+    if resume:
+        if not Tuner.can_restore(str(tune_dir)):
+            raise ConfigError(f"{spec.source}: --resume: no sweep to resume in {tune_dir}")
+        if saved_spec.is_file():
+            before = json.loads(saved_spec.read_text(encoding="utf-8"))
+            now = comparable_spec(spec)
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if changed:
+                raise ConfigError(
+                    f"{spec.source}: --resume: the spec differs from the one {output_dir} was started "
+                    f"with (in {changed}); resume with the same spec or use a new output_dir"
+                )
+        return
+    if tune_dir.exists() and any(tune_dir.iterdir()):
+        raise ConfigError(
+            f"{spec.source}: output_dir {output_dir} already holds a sweep: pass --resume to "
+            "finish it, or --set output_dir=... for a new one"
+        )
+
+
+def comparable_spec(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as saved for --resume checks (JSON round trip; the source's name is left out)."""
+    plain = spec.to_plain()
+    plain.pop("source")
+    result: dict[str, Any] = json.loads(json.dumps(plain, sort_keys=True, default=str))
+    return result
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> SweepOutcome:
+    """Runs (or resumes) the sweep and writes the results table, best config and plots.
+
+    ``callbacks``: extra ``ray.tune.Callback``s (loggers, ...) for a fresh sweep; a resumed
+    sweep keeps the callbacks it was started with (Tune restores its RunConfig).
+    Starts Ray when it is not initialized (and shuts down what it started).
+    """
+    from ray import tune
+
+    from cadc_ray.runtime.session import resolve_use_gpu
+    from cadc_ray.sweep.callbacks import SweepProgressCallback
+    from cadc_ray.sweep.report import collect_records, write_reports
+
+    output_dir = spec.output_dir.resolve()
+    check_output_dir(spec, output_dir, resume)
+    started = time.perf_counter()
+    started_ray = start_ray(spec, address)
+    import ray
+
+    try:
+        base = absolute_paths(spec.base_config)
+        spec_abs = _with_base(spec, base)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _write_atomic(
+                output_dir / SPEC_FILE,
+                json.dumps(comparable_spec(spec), indent=2, sort_keys=True) + "\n",
+            )
+            _write_atomic(
+                output_dir / "spec.yaml", yaml.safe_dump(spec.to_plain(), sort_keys=False)
+            )
+        use_gpu = resolve_use_gpu(base.resources)
+        setup_configs = trial_configs_for_setup(spec_abs)
+        outcome = SweepOutcome(output_dir=output_dir, records=[])
+        datasets = prepare_datasets(setup_configs)
+        refs, seconds = pretrain_all(
+            distinct_pretrain_configs(setup_configs),
+            datasets,
+            output_dir=output_dir,
+            use_gpu=use_gpu,
+            reuse_saved=resume,
+            outcome=outcome,
+        )
+        context = TrialContext(
+            base_config=base,
+            datasets=datasets,
+            pretrained_refs=refs,
+            pretrain_seconds=seconds,
+            train_storage_path=str(output_dir / TRAIN_DIR),
+            use_gpu=use_gpu,
+            metric_names=known_metrics(base),
+        )
+        has_slot = float(ray.cluster_resources().get(TRIAL_SLOT_RESOURCE, 0)) >= 1
+        resources = trial_resources(base, use_gpu, has_slot)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+        searcher, param_space = build_search(spec_abs)
+        tune_dir = output_dir / TUNE_DIR
+        if resume:
+            tuner = tune.Tuner.restore(
+                str(tune_dir), trainable=trainable, param_space=param_space, resume_errored=True
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=build_scheduler(spec_abs),
+                    num_samples=spec.num_samples,
+                    max_concurrent_trials=spec.max_concurrent_trials,
+                    # Trial dirs named by id: stable across resumes and short.
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(output_dir),
+                    callbacks=[SweepProgressCallback(), *callbacks],
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        logger.info("sweep %s: trial resources %s, output %s", spec.name, resources, output_dir)
+        result_grid = tuner.fit()
+        outcome.records = collect_records(result_grid, base)
+        # Tune ends a Ctrl-C'd sweep "successfully": trials it never created are missing
+        # and the ones it cut off have no result marked done (ASHA-stopped ones do).
+        outcome.interrupted = len(outcome.records) < expected_trials(spec) or any(
+            record["status"] == "incomplete" for record in outcome.records
+        )
+        if outcome.interrupted:
+            logger.warning("sweep %s interrupted: finish it with --resume", spec.name)
+        outcome.wall_seconds = time.perf_counter() - started
+        outcome.files = write_reports(spec_abs, outcome)
+        return outcome
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def expected_trials(spec: SweepSpec) -> int:
+    """How many trials the sweep has when it is complete."""
+    return len(grid_points(spec)) if spec.searcher.kind == "grid" else spec.num_samples
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def _with_base(spec: SweepSpec, base: ExperimentConfig) -> SweepSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, base_config=base)

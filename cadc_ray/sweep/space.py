@@ -1,0 +1,246 @@
+"""From a spec's search space to trial configs: conditionals, coupling, grid points, Optuna.
+
+Rules applied to every trial (grid or Optuna), so a trial config always passes
+:func:`cadc_ray.config.validate`:
+
+- ``model.integration`` and ``pretrain.*`` only matter for methods that pretrain; for the
+  others they are dropped and the integration becomes ``auto`` (= ``none``). Optuna's
+  define-by-run space does not even sample them then (the method is sampled first).
+- ``data.filter_ratio`` / ``data.sample_seed`` do not matter for GS (all of D_full): GS gets
+  ``filter_ratio = 1`` (which is what training on D_full means), so a ratio grid runs it once.
+- ``model.embedding_dim`` and ``pretrain.embedding_dim`` are coupled for pretraining methods
+  (pretrained rows carry a bias element: model = pretrain + 1); the space names one of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cadc_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    MethodName,
+    replace_dotted,
+    to_dict,
+)
+from cadc_ray.methods import METHODS, MethodSpec
+from cadc_ray.sweep.spec import Distribution, SweepSpec
+
+TRIAL_KEY = "trial"
+"""Tune config key holding a trial's dotted overrides: ``config["trial"] = {dotted: value}``."""
+
+SAMPLE_KEYS = ("data.filter_ratio", "data.sample_seed")
+_NOT_PRETRAINING_DATA_KEYS = {"filter_ratio", "sample_seed"}
+
+
+def is_relevant(dotted: str, method: MethodSpec) -> bool:
+    """Whether the value of ``dotted`` can change a trial of ``method``."""
+    if dotted.startswith("pretrain.") or dotted == "model.integration":
+        return method.pretrainer is not None
+    if dotted in SAMPLE_KEYS:
+        return not method.uses_full_data
+    return True
+
+
+def is_pretraining_key(dotted: str) -> bool:
+    """Whether ``dotted`` can change the pretrained tables (so pretraining must be redone)."""
+    if dotted in ("method", "seed", "model.embedding_dim") or dotted.startswith("pretrain."):
+        return True
+    return dotted.startswith("data.") and dotted not in SAMPLE_KEYS
+
+
+def effective_overrides(base: ExperimentConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that matter for this trial, with the coupling and conditionals applied."""
+    method_name: MethodName = overrides.get("method", base.method)
+    method = METHODS[method_name]
+    result = {key: value for key, value in overrides.items() if is_relevant(key, method)}
+    if method.pretrainer is not None:
+        if "model.embedding_dim" in result:
+            result["pretrain.embedding_dim"] = int(result["model.embedding_dim"]) - 1
+        elif "pretrain.embedding_dim" in result:
+            result["model.embedding_dim"] = int(result["pretrain.embedding_dim"]) + 1
+    else:
+        if base.model.integration not in ("auto", "none") or "model.integration" in overrides:
+            result["model.integration"] = "auto"
+    if method.uses_full_data:
+        result["data.filter_ratio"] = 1.0
+    return result
+
+
+def resolve_trial_config(base: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """The trial's experiment config: base + effective overrides, validated."""
+    return replace_dotted(base, effective_overrides(base, overrides))
+
+
+def _point_key(point: Mapping[str, Any]) -> str:
+    return json.dumps(sorted(point.items()), default=repr)
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every distinct trial of a grid spec: the grid's cartesian product, then extra_trials.
+
+    Points that differ only in keys irrelevant to their method (e.g. GS at two filter
+    ratios) collapse into one, keeping the first.
+    """
+    keys = [key for key, _ in spec.space]
+    value_lists = [dist.values for _, dist in spec.space]
+    raw_points = [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*value_lists)
+    ]
+    raw_points.extend(dict(point) for point in spec.extra_trials)
+    seen: set[str] = set()
+    result = []
+    for point in raw_points:
+        effective = effective_overrides(spec.base_config, point)
+        key = _point_key(effective)
+        if key not in seen:
+            seen.add(key)
+            result.append(effective)
+    return result
+
+
+def candidate_points(spec: SweepSpec, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Configs to validate eagerly, labelled for error messages.
+
+    Grid: every trial. Optuna: the product of every dimension's finite values or bounds
+    (at most ``limit`` combinations).
+    """
+    if spec.searcher.kind == "grid":
+        for index, point in enumerate(grid_points(spec)):
+            yield f"grid point {index}", point
+        return
+    keys = [key for key, _ in spec.space]
+    combos = itertools.product(*(dist.bounds() for _, dist in spec.space))
+    for values in itertools.islice(combos, limit):
+        yield "space", effective_overrides(spec.base_config, dict(zip(keys, values, strict=True)))
+
+
+# ---------------------------------------------------------------------------------------
+# Pretraining configs: computed once per distinct config, before the trials.
+
+
+def pretrain_key(config: ExperimentConfig) -> str | None:
+    """A stable id of what determines the pretrained tables; None for non-pretraining methods.
+
+    (dataset and its preparation, pretrainer variant, every ``pretrain.*`` field, seed.)
+    """
+    pretrainer = METHODS[config.method].pretrainer
+    if pretrainer is None:
+        return None
+    data = {k: v for k, v in to_dict(config.data).items() if k not in _NOT_PRETRAINING_DATA_KEYS}
+    identity = {
+        "pretrainer": pretrainer,
+        "pretrain": to_dict(config.pretrain),
+        "data": data,
+        "seed": config.seed,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{pretrainer}-d{config.pretrain.embedding_dim}-{digest}"
+
+
+def _enumerable_values(spec: SweepSpec, key: str, dist: Distribution) -> tuple[Any, ...]:
+    values = dist.finite_values()
+    if values is None:
+        raise ConfigError(
+            f"{spec.source}: space.{key}: changes the pretrained tables, and pretraining runs once "
+            "per distinct pretraining config before the trials start: make this dimension "
+            "discrete (choice, grid, int with a step, or uniform with a step)"
+        )
+    return values
+
+
+def trial_configs_for_setup(spec: SweepSpec) -> list[ExperimentConfig]:
+    """Representative configs covering every pretraining config and every discrete sample.
+
+    Grid: every trial. Optuna: the product of the finite values of the pretraining and
+    sample dimensions (continuous sample dimensions are left to the trials).
+    """
+    if spec.searcher.kind == "grid":
+        return [resolve_trial_config(spec.base_config, point) for point in grid_points(spec)]
+    setup_dims: list[tuple[str, tuple[Any, ...]]] = []
+    for key, dist in spec.space:
+        if is_pretraining_key(key):
+            setup_dims.append((key, _enumerable_values(spec, key, dist)))
+        elif key in SAMPLE_KEYS:
+            values = dist.finite_values()
+            if values is not None:
+                setup_dims.append((key, values))
+    keys = [key for key, _ in setup_dims]
+    configs: dict[str, ExperimentConfig] = {}
+    for values in itertools.product(*(values for _, values in setup_dims)):
+        config = resolve_trial_config(spec.base_config, dict(zip(keys, values, strict=True)))
+        configs.setdefault(json.dumps(to_dict(config), sort_keys=True), config)
+    return list(configs.values())
+
+
+def distinct_pretrain_configs(configs: list[ExperimentConfig]) -> dict[str, ExperimentConfig]:
+    """pretrain key -> the first config with that key (in order)."""
+    result: dict[str, ExperimentConfig] = {}
+    for config in configs:
+        key = pretrain_key(config)
+        if key is not None:
+            result.setdefault(key, config)
+    return result
+
+
+def distinct_samples(configs: list[ExperimentConfig]) -> list[tuple[float, int]]:
+    """(filter_ratio, sample_seed) of every trial config that trains on a sample, sorted."""
+    return sorted(
+        {
+            (config.data.filter_ratio, config.data.sample_seed)
+            for config in configs
+            if not METHODS[config.method].uses_full_data
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Optuna define-by-run space (a picklable object: the searcher is pickled on checkpoint).
+
+_SCALAR_TYPES = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class OptunaSpace:
+    """Samples the method first, then only the dimensions that matter for it."""
+
+    base_method: MethodName
+    dimensions: tuple[tuple[str, Distribution], ...]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        method_name: MethodName = self.base_method
+        chosen: dict[str, Any] = {}
+        for key, dist in self.dimensions:
+            if key != "method" and not is_relevant(key, METHODS[method_name]):
+                continue
+            value = suggest(trial, f"{TRIAL_KEY}/{key}", dist)
+            chosen[key] = value
+            if key == "method":
+                method_name = value
+        # Returned values replace the raw suggestions (e.g. a choice index -> its tuple).
+        return {f"{TRIAL_KEY}/{key}": value for key, value in chosen.items()}
+
+
+def suggest(trial: Any, name: str, dist: Distribution) -> Any:
+    """One Optuna suggestion for ``dist`` (``trial`` is an ``optuna.Trial``)."""
+    if dist.kind in ("choice", "grid"):
+        if all(isinstance(value, _SCALAR_TYPES) for value in dist.values):
+            return trial.suggest_categorical(name, list(dist.values))
+        # Optuna categoricals hold scalars only: sample the index of a tuple value.
+        index = trial.suggest_categorical(name, list(range(len(dist.values))))
+        return dist.values[index]
+    assert dist.low is not None and dist.high is not None
+    if dist.kind == "uniform":
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step)
+    if dist.kind == "loguniform":
+        return trial.suggest_float(name, dist.low, dist.high, log=True)
+    if dist.kind == "int":
+        return trial.suggest_int(name, int(dist.low), int(dist.high), step=int(dist.step or 1))
+    if dist.kind == "logint":
+        return trial.suggest_int(name, int(dist.low), int(dist.high), log=True)
+    raise AssertionError(f"unhandled distribution {dist.kind}")  # pragma: no cover

@@ -1,0 +1,156 @@
+"""Plain-torch epoch loops (no Ray): the Ray Train worker calls these once per epoch.
+
+Both loops take an iterable of ``(users (B,), items (B,))`` LongTensor batches (any device),
+or of mappings with ``user_id`` / ``item_id`` tensors as Ray Data's ``iter_torch_batches``
+yields them; draw ``num_negatives`` negatives per positive from ``sampler`` with
+``generator``; and return the mean loss over the epoch's rows.
+
+One forward call scores positives and negatives together, so a DDP-wrapped model sees one
+forward per step and the RecD towers deduplicate across positives and negatives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from cadc_ray.config import AlternationName
+from cadc_ray.training.alternation import MFOptimizers, alternation_phase
+from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
+from cadc_ray.training.samplers import NegativeSampler
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
+"""``(users, items)`` or ``{"user_id": users, "item_id": items}`` (Ray Data's column names)."""
+
+
+def sampled_logits(
+    model: nn.Module,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    negatives: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of positives (B,) and of sampled negatives (B, K) in one forward call.
+
+    With ``log_q`` (num_items,) the LogQ correction ``s - log q(i)`` is applied to positives
+    and negatives alike: the correction depends on the item, never on its role.
+    """
+    batch_size, num_negatives = negatives.shape
+    all_users = torch.cat([users, users.repeat_interleave(num_negatives)])  # (B(1+K),)
+    all_items = torch.cat([items, negatives.reshape(-1)])  # (B(1+K),)
+    logits = model(all_users, all_items)
+    if log_q is not None:
+        logits = logq_correct(logits, all_items, log_q)
+    return logits[:batch_size], logits[batch_size:].view(batch_size, num_negatives)
+
+
+def _unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        missing = {"user_id", "item_id"} - set(batch)
+        if missing:
+            raise ValueError(
+                f"a batch mapping needs user_id and item_id, missing {sorted(missing)}"
+            )
+        return batch["user_id"], batch["item_id"]
+    users, items = batch
+    return users, items
+
+
+def _check_batch(users: torch.Tensor, items: torch.Tensor) -> None:
+    if users.ndim != 1 or users.shape != items.shape:
+        raise ValueError(
+            f"a batch must be (users (B,), items (B,)), got {tuple(users.shape)} and {tuple(items.shape)}"
+        )
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizers_for_batch: Callable[[int], list[torch.optim.Optimizer]],
+    all_optimizers: list[torch.optim.Optimizer],
+    sampler: NegativeSampler,
+    num_negatives: int,
+    generator: torch.Generator,
+    log_q: torch.Tensor | None,
+) -> float:
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    model.train()
+    total_loss = 0.0
+    total_rows = 0
+    log_q_on_device: torch.Tensor | None = None
+    for batch_index, batch in enumerate(batches):
+        users, items = _unpack(batch)
+        _check_batch(users, items)
+        if users.numel() == 0:
+            continue
+        users = users.long()
+        items = items.long()
+        if log_q is not None and log_q_on_device is None:
+            log_q_on_device = log_q.to(users.device)
+        negatives = sampler.sample(users.shape[0], num_negatives, generator).to(users.device)
+        for optimizer in all_optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        pos_logits, neg_logits = sampled_logits(model, users, items, negatives, log_q_on_device)
+        loss = bce_with_sampled_negatives(pos_logits, neg_logits)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"batch {batch_index}: loss is {loss.item()}")
+        loss.backward()
+        for optimizer in optimizers_for_batch(batch_index):
+            optimizer.step()
+        total_loss += loss.item() * users.shape[0]
+        total_rows += users.shape[0]
+    if total_rows == 0:
+        raise ValueError("the epoch had no batches (empty training data on this worker?)")
+    return total_loss / total_rows
+
+
+def train_two_tower_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    sampler: NegativeSampler,
+    num_negatives: int,
+    generator: torch.Generator,
+    log_q: torch.Tensor | None = None,
+) -> float:
+    """One epoch of the TTNN (or any ``model(users, items) -> logits``) with BCE.
+
+    ``log_q`` (num_items,) enables the LogQ baseline. Returns the mean loss.
+    """
+    return _train_epoch(
+        model, batches, lambda _: [optimizer], [optimizer], sampler, num_negatives, generator, log_q
+    )
+
+
+def train_mf_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizers: MFOptimizers,
+    sampler: NegativeSampler,
+    num_negatives: int,
+    generator: torch.Generator,
+    epoch: int,
+    alternation: AlternationName = "epoch",
+    log_q: torch.Tensor | None = None,
+) -> float:
+    """One epoch of MF / CADC-MLP pretraining with the alternating scheme.
+
+    Gradients are computed for both tables (a DDP model needs every parameter to get a
+    gradient on every step) but only the active side's Adam steps (``alternation_phase``).
+    """
+    return _train_epoch(
+        model,
+        batches,
+        lambda batch_index: optimizers.active(alternation_phase(alternation, epoch, batch_index)),
+        optimizers.all(),
+        sampler,
+        num_negatives,
+        generator,
+        log_q,
+    )

@@ -1,0 +1,236 @@
+"""Throughput and memory of the data layer on synthetic data: prepare, split, sample.
+
+    python scripts/bench_data.py --sizes 1e6 1e7 [1e8] [--workdir /tmp/bench_data]
+
+For each size N: the synthetic generator writes N interactions (N/50 users), Ray Data
+computes the leave-last-two-out split, then the 1/10 sample is materialized. Reported per
+stage: seconds, rows/s, peak RSS of the driver and peak summed RSS of the Ray processes
+(raylet, GCS, workers; read from /proc every 0.2 s; shared object-store pages are counted
+once per process that maps them, so the Ray figure is an upper bound). Results go to
+``benchmarks/results/bench_data.json`` (written atomically), with machine info.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+logger = logging.getLogger("bench_data")
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as stream:
+            return int(stream.read().split()[1]) * PAGE_KB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                parent = int(stream.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+@dataclass
+class MemoryPoller:
+    """Polls the driver's RSS and the summed RSS of its descendant (Ray) processes."""
+
+    interval_s: float = 0.2
+    peak_driver_kb: int = 0
+    peak_ray_kb: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemoryPoller:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            self.peak_driver_kb = max(self.peak_driver_kb, _rss_kb(me))
+            self.peak_ray_kb = max(self.peak_ray_kb, sum(_rss_kb(p) for p in _descendants(me)))
+            self._stop.wait(self.interval_s)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _stage(name: str, rows: int, fn: Any) -> tuple[Any, dict[str, Any]]:
+    with MemoryPoller() as poller:
+        started = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - started
+    record = {
+        "stage": name,
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(rows / seconds),
+        "peak_driver_rss_mib": round(poller.peak_driver_kb / 1024, 1),
+        "peak_ray_processes_rss_mib": round(poller.peak_ray_kb / 1024, 1),
+    }
+    logger.info("%s", record)
+    return result, record
+
+
+def bench_size(
+    size: int, workdir: Path, num_cpus: int, reuse_prepared: bool = False
+) -> dict[str, Any]:
+    import ray
+
+    from cadc_ray.config import DataConfig, SyntheticConfig
+    from cadc_ray.data import (
+        Manifest,
+        known_positives,
+        materialize_sample,
+        materialize_split,
+        prepare_dataset,
+    )
+
+    num_users = max(1_000, size // 50)
+    num_items = min(50_000, max(2_000, size // 500))
+    config = DataConfig(
+        synthetic=SyntheticConfig(
+            num_users=num_users,
+            num_items=num_items,
+            num_interactions=size,
+            shard_rows=min(size, 2_000_000),
+        ),
+        prepared_dir=str(workdir / f"synthetic-{size}"),
+    )
+    if reuse_prepared:
+        # Only the split and sample stages are measured; any old split/sample is redone.
+        shutil.rmtree(workdir / f"synthetic-{size}" / "split", ignore_errors=True)
+    else:
+        shutil.rmtree(workdir / f"synthetic-{size}", ignore_errors=True)
+    prepared, prepare_record = _stage("prepare", size, lambda: prepare_dataset(config, workdir))
+    prepare_record["reused_existing_prepared_folder"] = reuse_prepared
+    manifest = Manifest.load(prepared)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        split, split_record = _stage(
+            "split", manifest.num_interactions, lambda: materialize_split(prepared)
+        )
+        train_rows = int(split.summary()["num_train"])
+        _, sample_record = _stage(
+            "sample_1_in_10", train_rows, lambda: materialize_sample(split, 10.0, 0)
+        )
+    finally:
+        ray.shutdown()
+    _, positives_record = _stage(
+        "known_positives",
+        train_rows,
+        lambda: known_positives(split, manifest.num_users, manifest.num_items),
+    )
+    disk = sum(p.stat().st_size for p in prepared.rglob("*") if p.is_file())
+    return {
+        "num_interactions": manifest.num_interactions,
+        "num_users": manifest.num_users,
+        "num_items": manifest.num_items,
+        "num_shards": manifest.num_shards,
+        "split_partitions": split.summary()["num_partitions"],
+        "disk_bytes_prepared_split_sample": disk,
+        "stages": [prepare_record, split_record, sample_record, positives_record],
+    }
+
+
+def machine_info(num_cpus: int) -> dict[str, Any]:
+    import numpy
+    import pyarrow
+    import ray
+
+    memory_kb = 0
+    with open("/proc/meminfo") as stream:
+        for line in stream:
+            if line.startswith("MemTotal:"):
+                memory_kb = int(line.split()[1])
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "ray_num_cpus": num_cpus,
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "load_average_at_start": os.getloadavg(),
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numpy": numpy.__version__,
+        "disk_shuffle": os.environ.get("RAY_DATA_ENABLE_DISK_SHUFFLE", "0"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/cadc_bench_data"))
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "benchmarks" / "results" / "bench_data.json"
+    )
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--keep", action="store_true", help="keep the prepared data")
+    parser.add_argument(
+        "--reuse-prepared",
+        action="store_true",
+        help="reuse a kept prepared folder (the prepare stage is then not measured)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A loaded machine can take longer than Ray's default 30 s to register the raylet.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "benchmark": "bench_data",
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(args.num_cpus),
+        "runs": [],
+    }
+    for size in (int(s) for s in args.sizes):
+        logger.info("size %d", size)
+        results["runs"].append(bench_size(size, args.workdir, args.num_cpus, args.reuse_prepared))
+        if not args.keep:
+            shutil.rmtree(args.workdir / f"synthetic-{size}", ignore_errors=True)
+        # Written after every size: an interrupted run keeps what finished.
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        temp = args.output.with_name(f"{args.output.name}.tmp-{os.getpid()}")
+        temp.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        os.replace(temp, args.output)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

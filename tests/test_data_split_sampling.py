@@ -1,0 +1,166 @@
+"""Leave-last-two-out roles and seeded sampling: numpy cores by hand, then through Ray Data."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cadc_ray.config import DataConfig, SyntheticConfig
+from cadc_ray.data import (
+    Manifest,
+    SplitPaths,
+    known_positives,
+    leave_last_two_out_roles,
+    materialize_sample,
+    materialize_split,
+    prepare_dataset,
+    read_pairs,
+    sample_dataset,
+    sample_mask,
+)
+from cadc_ray.data.layout import interactions_dir
+from cadc_ray.data.sampling import splitmix64
+
+
+def test_roles_by_hand() -> None:
+    # user 5: times 30, 10, 20, 20 (rows 0..3) -> order rows 1, 2, 3, 0: row 0 test,
+    #         row 3 validation (tie at 20 broken by row index: 2 before 3).
+    # user 7: two rows -> both train (fewer than 3).
+    # user 9: three rows with equal times -> row order: 6 train, 7 validation, 8 test.
+    user = np.array([5, 5, 5, 5, 7, 7, 9, 9, 9])
+    time = np.array([30, 10, 20, 20, 1, 2, 4, 4, 4])
+    row = np.arange(9)
+    assert leave_last_two_out_roles(user, time, row).tolist() == [2, 0, 0, 1, 0, 0, 0, 1, 2]
+
+
+def test_roles_empty() -> None:
+    empty = np.zeros(0, dtype=np.int64)
+    assert leave_last_two_out_roles(empty, empty, empty).shape == (0,)
+
+
+def test_splitmix64_reference_values() -> None:
+    # Reference outputs of splitmix64's finalizer from state 0 (Vigna's generator: the first
+    # outputs for seed 0 are 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4).
+    first = splitmix64(np.array([0], dtype=np.uint64))[0]
+    second = splitmix64(np.array([0x9E3779B97F4A7C15], dtype=np.uint64))[0]
+    assert (int(first), int(second)) == (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4)
+
+
+def test_sample_fraction_within_binomial_tolerance() -> None:
+    rows = np.arange(200_000)
+    for ratio in (2.0, 10.0, 50.0):
+        kept = int(sample_mask(rows, ratio, seed=1).sum())
+        expected = len(rows) / ratio
+        sd = np.sqrt(len(rows) * (1 / ratio) * (1 - 1 / ratio))
+        assert abs(kept - expected) < 4 * sd
+    assert sample_mask(rows[:100], 1.0, seed=1).all()
+
+
+def test_sample_nested_and_seeded() -> None:
+    rows = np.arange(50_000)
+    masks = [sample_mask(rows, ratio, seed=7) for ratio in (2, 5, 10, 20)]
+    for wider, narrower in itertools.pairwise(masks):
+        assert not (narrower & ~wider).any()
+    other = sample_mask(rows, 10, seed=8)
+    overlap = (masks[2] & other).sum() / masks[2].sum()
+    assert overlap < 0.2  # independent seeds overlap ~10%
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**62), min_size=1, max_size=200, unique=True),
+    st.floats(1.0, 100.0),
+    st.integers(0, 2**32),
+)
+def test_sample_mask_is_per_row(rows: list[int], ratio: float, seed: int) -> None:
+    """A row's fate never depends on which other rows share its block."""
+    array = np.array(rows, dtype=np.int64)
+    whole = sample_mask(array, ratio, seed)
+    pieces = np.concatenate(
+        [sample_mask(array[i : i + 7], ratio, seed) for i in range(0, len(array), 7)]
+    )
+    np.testing.assert_array_equal(whole, pieces)
+
+
+# --------------------------------------------------------------------------- Ray Data
+
+
+@pytest.fixture(scope="module")
+def prepared_split(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, SplitPaths]:
+    config = DataConfig(
+        synthetic=SyntheticConfig(
+            num_users=150, num_items=120, num_interactions=3_000, shard_rows=1_000
+        )
+    )
+    prepared = prepare_dataset(config, tmp_path_factory.mktemp("split"))
+    return prepared, materialize_split(prepared, num_partitions=3)
+
+
+@pytest.mark.ray
+def test_split_matches_numpy_reference(prepared_split: tuple[Path, SplitPaths]) -> None:
+    prepared, split = prepared_split
+    table = pq.read_table(interactions_dir(prepared))
+    user = table.column("user_id").to_numpy()
+    time = table.column("timestamp").to_numpy()
+    row = table.column("row_index").to_numpy()
+    manifest = Manifest.load(prepared)
+    validation = pq.read_table(split.val_path)
+    test = pq.read_table(split.test_path)
+    evaluated = np.flatnonzero(np.bincount(user) >= 3)
+    for heldout in (validation, test):
+        np.testing.assert_array_equal(heldout.column("user_id").to_numpy(), evaluated)
+    # Each test row is its user's latest by (timestamp, row_index); validation the one before.
+    for u, test_row, val_row in zip(
+        evaluated,
+        test.column("row_index").to_numpy(),
+        validation.column("row_index").to_numpy(),
+        strict=True,
+    ):
+        mine = np.flatnonzero(user == u)
+        ordered = mine[np.lexsort((row[mine], time[mine]))]
+        assert (row[ordered[-1]], row[ordered[-2]]) == (test_row, val_row)
+    train_user, _ = read_pairs(split.train_dir)
+    assert len(train_user) == manifest.num_interactions - 2 * len(evaluated)
+    assert split.summary()["num_evaluated_users"] == len(evaluated)
+    positives = known_positives(split, manifest.num_users, manifest.num_items)
+    assert positives.nnz == len(train_user) and positives.max() == 1.0
+    # Reused: a second call returns at once without recomputing.
+    marker = (split.root / "_SUCCESS").stat().st_mtime_ns
+    assert materialize_split(prepared) == split
+    assert (split.root / "_SUCCESS").stat().st_mtime_ns == marker
+
+
+@pytest.mark.ray
+def test_sample_same_rows_for_any_block_layout(prepared_split: tuple[Path, SplitPaths]) -> None:
+    _, split = prepared_split
+    train = pq.read_table(split.train_dir)
+    expected = np.sort(
+        train.column("row_index").to_numpy()[
+            sample_mask(train.column("row_index").to_numpy(), 4.0, 11)
+        ]
+    )
+
+    def sampled_rows(blocks: int) -> np.ndarray:
+        batch = sample_dataset(split, 4.0, 11, override_num_blocks=blocks).select_columns(
+            ["row_index"]
+        )
+        return np.sort(
+            np.concatenate([b["row_index"] for b in batch.iter_batches(batch_format="numpy")])
+        )
+
+    # Two read layouts (4 blocks here, the default in materialize_sample) give the
+    # same rows as the layout-free numpy definition.
+    np.testing.assert_array_equal(sampled_rows(4), expected)
+    path = materialize_sample(split, 4.0, 11)
+    sampled = pq.read_table(path)
+    np.testing.assert_array_equal(np.sort(sampled.column("row_index").to_numpy()), expected)
+    assert materialize_sample(split, 4.0, 11) == path  # reused
+    assert 0.15 < len(expected) / train.num_rows < 0.35

@@ -1,0 +1,297 @@
+"""Monitoring through the session's Ray dashboard, read back over HTTP.
+
+- The dashboard listens on 127.0.0.1 only and refuses requests without the token
+  (RAY_NOTES "Dashboard and security"; ray 2.60 keeps the token in ~/.ray/auth_token
+  unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH say otherwise).
+- A tiny Train stage run through the runtime (``fit_pretrain``) shows up in the Train V2
+  state API (``/api/train/v2/runs/v1``, needs RAY_TRAIN_ENABLE_STATE_TRACKING=1 before
+  ``ray.init``: the ``ray_session`` fixture sets it), and its custom Gauges
+  (``cadc_ray.runtime.metrics``) appear on the Prometheus endpoint as ``ray_cadc_*``.
+
+Gauges are exported every ``metrics_report_interval_ms`` (the fixture sets 1 s; Ray's
+default is 10 s) and dropped ~2 intervals after the worker that set them exits, so the
+endpoint is polled while the stage runs, in a bounded loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cadc_ray.config import ExperimentConfig, from_dict
+
+pytestmark = pytest.mark.ray
+
+POLL_SECONDS = 0.25
+RUN_TIMEOUT_SECONDS = 240.0
+ACTIVE_RUN_STATUSES = ("INITIALIZING", "SCHEDULING", "RUNNING")
+CUSTOM_GAUGES = ("ray_cadc_epoch", "ray_cadc_samples_per_second")
+
+
+@dataclass(frozen=True)
+class TinySplit:
+    """The one field of the data layer's SplitPaths that ``fit_pretrain`` reads."""
+
+    train_dir: Path
+
+
+def write_tiny_interactions(folder: Path, num_rows: int, num_users: int, num_items: int) -> Path:
+    """Synthetic D_full shard (row_index, user_id, item_id; int64), seeded."""
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "row_index": np.arange(num_rows, dtype=np.int64),
+            "user_id": rng.integers(0, num_users, num_rows, dtype=np.int64),
+            "item_id": rng.integers(0, num_items, num_rows, dtype=np.int64),
+        }
+    )
+    pq.write_table(table, folder / "part-00000.parquet")
+    return folder
+
+
+def tiny_pretrain_config(
+    *, epochs: int, num_workers: int, max_failures: int = 0
+) -> ExperimentConfig:
+    return from_dict(
+        ExperimentConfig,
+        {
+            "method": "cadc",
+            "pretrain": {"embedding_dim": 7, "epochs": epochs, "batch_size": 128},
+            "model": {"embedding_dim": 8},
+            "resources": {
+                "num_workers": num_workers,
+                "cpus_per_worker": 1,
+                "torch_threads": 1,
+                "use_gpu": "no",
+                "max_failures": max_failures,
+            },
+        },
+        "tests/test_monitoring.py",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Dashboard HTTP helpers
+
+
+def dashboard_base_url() -> str:
+    import ray._private.worker
+
+    address = ray._private.worker.get_dashboard_url()
+    assert address, "the session's Ray has no dashboard (include_dashboard=True expected)"
+    return f"http://{address}"
+
+
+def auth_headers() -> dict[str, str]:
+    """The bearer header for this session's token, as Ray's own HTTP clients send it."""
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
+
+    headers = get_auth_headers_if_auth_enabled({})
+    assert headers, "token auth is not enabled in the session (RAY_AUTH_MODE=disabled?)"
+    return headers
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, attempts: int = 3) -> tuple[int, str]:
+    """(status, body); a timeout or refused connection is retried, then raised."""
+    request = urllib.request.Request(url, headers=headers or {})
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return int(response.status), response.read().decode("utf-8")
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode("utf-8", errors="replace")
+        except (TimeoutError, urllib.error.URLError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def train_runs(*, before_first_run_ok: bool = False) -> list[dict[str, Any]]:
+    """Train V2 runs from the state API, newest first.
+
+    The state actor behind the API starts with the session's first Train run; until
+    then the API answers 500 ("Train state data is not available"), which
+    ``before_first_run_ok`` reads as "no runs yet".
+    """
+    status, body = http_get(f"{dashboard_base_url()}/api/train/v2/runs/v1", auth_headers())
+    if before_first_run_ok and status == 500 and "not available" in body:
+        return []
+    assert status == 200, f"Train state API answered {status}: {body[:300]}"
+    runs = json.loads(body)["train_runs"]
+    assert isinstance(runs, list)
+    return runs
+
+
+def train_run_named(name: str) -> dict[str, Any]:
+    """The newest Train V2 run called ``name`` (the API lists newest first)."""
+    matching = [run for run in train_runs() if run["name"] == name]
+    assert matching, f"no Train run named {name!r} in the state API"
+    return matching[0]
+
+
+def metrics_endpoint() -> str:
+    import ray
+
+    port = int(ray.nodes()[0]["MetricsExportPort"])
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def custom_metric_samples(body: str, run_name: str) -> dict[str, float]:
+    """``{metric name: value}`` of the ``ray_cadc_*`` samples tagged with ``run_name``."""
+    found: dict[str, float] = {}
+    for line in body.splitlines():
+        if not line.startswith("ray_cadc_") or f'run="{run_name}"' not in line:
+            continue
+        name = line.split("{", 1)[0]
+        found[name] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Dashboard exposure and auth
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses with a socket LISTENing on ``port`` (Linux /proc/net)."""
+    addresses: set[str] = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        if not os.path.exists(table):
+            continue
+        with open(table, encoding="ascii") as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                local, state = fields[1], fields[3]
+                hex_ip, hex_port = local.split(":")
+                if state != "0A" or int(hex_port, 16) != port:  # 0A = LISTEN
+                    continue
+                raw = bytes.fromhex(hex_ip)
+                if width == 8:
+                    addresses.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    addresses.add(socket.inet_ntop(socket.AF_INET6, words))
+    return addresses
+
+
+def test_dashboard_listens_on_loopback_only(ray_session: None) -> None:
+    import ray
+
+    base = dashboard_base_url()
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    assert host == "127.0.0.1"
+    if os.path.exists("/proc/net/tcp"):
+        assert listening_addresses(int(port)) == {"127.0.0.1"}
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip not in ("127.0.0.1", "localhost"):
+        # What another machine would reach: nothing listens there.
+        with pytest.raises(OSError), socket.create_connection((node_ip, int(port)), timeout=3):
+            pass
+
+
+def test_dashboard_refuses_requests_without_a_valid_token(ray_session: None) -> None:
+    base = dashboard_base_url()
+    status, body = http_get(f"{base}/api/version")
+    assert status == 401, body
+    status, body = http_get(f"{base}/api/version", {"Authorization": "Bearer not-the-token"})
+    assert status == 403, body
+    status, body = http_get(f"{base}/api/train/v2/runs/v1")
+    assert status == 401, body
+    status, body = http_get(f"{base}/api/version", auth_headers())
+    assert status == 200 and json.loads(body)["ray_version"], body
+
+
+def test_token_is_the_one_in_the_default_file(ray_session: None) -> None:
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        pytest.skip("token comes from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH in this environment")
+    token_file = Path.home() / ".ray" / "auth_token"
+    assert token_file.is_file()
+    header = {key.lower(): value for key, value in auth_headers().items()}["authorization"]
+    assert header == "Bearer " + token_file.read_text(encoding="utf-8").strip()
+
+
+# ---------------------------------------------------------------------------------------
+# A tiny stage seen through the state API and the metrics endpoint
+
+
+def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_path: Path) -> None:
+    from cadc_ray.runtime.pretrain import fit_pretrain
+
+    run_name = f"monitor-{os.getpid()}-{time.monotonic_ns()}"
+    epochs = 3
+    split = TinySplit(write_tiny_interactions(tmp_path / "train", 20_000, 400, 200))
+    config = tiny_pretrain_config(epochs=epochs, num_workers=1)
+    outcome: dict[str, Any] = {}
+
+    def run_stage() -> None:
+        try:
+            outcome["result"] = fit_pretrain(
+                config,
+                split,
+                num_users=400,
+                num_items=200,
+                run_name=run_name,
+                storage_path=str(tmp_path / "storage"),
+            )
+        except BaseException as error:  # re-raised in the test thread
+            outcome["error"] = error
+
+    stage = threading.Thread(target=run_stage, name="tiny-stage", daemon=True)
+    stage.start()
+    endpoint = metrics_endpoint()
+    seen: dict[str, float] = {}
+    seen_active = False
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    # Poll until the stage is over and a short grace period (one export) has passed.
+    finished_at: float | None = None
+    while time.monotonic() < deadline:
+        status, body = http_get(endpoint)
+        if status == 200:
+            for name, value in custom_metric_samples(body, run_name).items():
+                seen[name] = max(value, seen.get(name, value))
+        if not seen_active:
+            runs = train_runs(before_first_run_ok=True)
+            current = [run for run in runs if run["name"] == run_name]
+            seen_active = bool(current) and current[0]["status"] in ACTIVE_RUN_STATUSES
+        if not stage.is_alive():
+            finished_at = finished_at or time.monotonic()
+            if set(CUSTOM_GAUGES) <= set(seen) or time.monotonic() - finished_at > 3:
+                break
+        time.sleep(POLL_SECONDS)
+    stage.join(timeout=5)
+    assert not stage.is_alive(), f"stage still running after {RUN_TIMEOUT_SECONDS} s"
+    if "error" in outcome:
+        raise outcome["error"]
+
+    result = outcome["result"]
+    assert result.epochs == epochs
+    # Custom gauges, as Prometheus exposes them (tagged with stage and run name).
+    assert set(CUSTOM_GAUGES) <= set(seen), f"gauges seen for {run_name}: {seen}"
+    assert 1 <= seen["ray_cadc_epoch"] <= epochs
+    assert seen["ray_cadc_samples_per_second"] > 0
+
+    # The Train V2 state API: the run, its settings and its (single) attempt.
+    run = train_run_named(run_name)
+    assert run["status"] == "FINISHED", run.get("status_detail")
+    assert run["run_settings"]["scaling_config"]["num_workers"] == 1
+    attempts = run["attempts"]
+    assert len(attempts) == 1 and attempts[0]["status"] == "FINISHED"
+    assert [worker["world_rank"] for worker in attempts[0]["workers"]] == [0]
+    assert seen_active, "the run never showed as active in the state API while it ran"

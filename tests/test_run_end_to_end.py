@@ -1,0 +1,97 @@
+"""``python -m cadc_ray.run`` end to end on a tiny dataset: results.json has every field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cadc_ray import run
+
+pytestmark = pytest.mark.ray
+
+REQUIRED_FIELDS = {
+    "method",
+    "method_label",
+    "dataset",
+    "filter_ratio",
+    "integration",
+    "embedding_dim",
+    "seed",
+    "test",
+    "val",
+    "best_epoch",
+    "epochs_run",
+    "early_stopped",
+    "pretrain_seconds",
+    "train_seconds",
+    "train_interactions",
+    "trainable_parameters",
+    "frozen_parameters",
+    "config",
+    "versions",
+    "time_order",
+}
+
+
+def _write_untimed_csv(path: Path) -> None:
+    """A generic interaction file without timestamps (row order is the time order)."""
+    rng = np.random.default_rng(3)
+    lines = ["user,item"]
+    for user in range(120):
+        taste = rng.integers(0, 4)  # four taste groups of 20 items each, plus noise
+        for item in rng.choice(20, size=12, replace=False) + 20 * taste:
+            lines.append(f"u{user},i{item}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_run_writes_results_json_with_every_field(
+    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_file = tmp_path / "interactions.csv"
+    _write_untimed_csv(data_file)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"""
+name: tiny-e2e
+method: cadc
+output_root: {tmp_path / "runs"}
+data:
+  dataset: generic
+  path: {data_file}
+  filter_ratio: 2
+  generic: {{user: user, item: item, timestamp: null}}
+pretrain: {{embedding_dim: 7, epochs: 3, batch_size: 256}}
+model: {{embedding_dim: 8, tower_hidden: [16], output_dim: 8}}
+train: {{epochs: 3, batch_size: 128}}
+resources: {{num_workers: 0, use_gpu: "no"}}
+""",
+        encoding="utf-8",
+    )
+    run_dir = tmp_path / "out"
+    assert (
+        run.main([str(config), "--set", "train.learning_rate=0.003", "--output", str(run_dir)]) == 0
+    )
+    results = json.loads((run_dir / run.RESULTS_FILE).read_text(encoding="utf-8"))
+    assert set(results) >= REQUIRED_FIELDS, REQUIRED_FIELDS - set(results)
+    assert results["method"] == "cadc" and results["method_label"] == "CADC"
+    assert results["integration"] == "init_frz"  # "auto" resolved
+    assert results["dataset"] == "generic" and results["filter_ratio"] == 2.0
+    assert results["config"]["train"]["learning_rate"] == 0.003  # the --set override
+    assert set(results["test"]) == {"hr@10", "ndcg@10"}
+    assert all(0.0 <= value <= 1.0 for value in results["test"].values())
+    assert results["test_percent"]["hr@10"] == pytest.approx(
+        100 * results["test"]["hr@10"], abs=1e-4
+    )
+    assert results["epochs_run"] == 3 and 1 <= results["best_epoch"] <= 3
+    assert results["pretrain_seconds"] > 0 and results["train_seconds"] > 0
+    assert results["frozen_parameters"] == (120 + results["num_items"]) * 8
+    # D_full of 120 users x 12 items minus 2 held out per user, halved by the sample.
+    assert 0 < results["train_interactions"] < 120 * 10
+    assert "no timestamps" in results["time_order"]
+    assert set(results["versions"]) >= {"cadc_ray", "ray", "torch"}
+    assert not list(run_dir.glob(".*.tmp-*"))  # the atomic write left no temp file
+    printed = capsys.readouterr().out
+    assert "CADC on generic" in printed and "test: hr@10" in printed

@@ -1,0 +1,175 @@
+"""End-to-end sweeps on tiny synthetic data through the shared Ray session.
+
+- pretraining runs exactly once per distinct pretraining config, and every trial reads the
+  one ObjectRef the driver put (no per-trial copy);
+- an interrupted sweep resumes: the remaining trials finish, finished ones are not re-run,
+  the pretrained tables are reloaded from disk instead of being trained again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray import tune
+
+from cadc_ray.config import ConfigError
+from cadc_ray.models.pretrained import PretrainedTables
+from cadc_ray.sweep.driver import run_sweep
+from cadc_ray.sweep.spec import SweepSpec, parse_spec
+
+pytestmark = pytest.mark.ray
+
+TINY_DATA: dict[str, Any] = {
+    "dataset": "synthetic",
+    "synthetic": {"num_users": 120, "num_items": 60, "num_interactions": 3000, "latent_dim": 4},
+}
+
+
+def tiny_spec(output_dir: Path, prepared_root: Path, **changes: Any) -> SweepSpec:
+    """3 trials: CADC at two id sizes (two pretraining configs) and Random."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "base_config": {
+            "method": "cadc",
+            "output_root": str(prepared_root),
+            "data": TINY_DATA,
+            "pretrain": {"embedding_dim": 7, "epochs": 1, "batch_size": 512},
+            "model": {
+                "embedding_dim": 8,
+                "feature_embedding_dim": 4,
+                "tower_hidden": [8],
+                "output_dim": 8,
+            },
+            "train": {"epochs": 2, "batch_size": 256, "early_stopping_patience": 0},
+        },
+        "space": {
+            "method": {"type": "grid", "values": ["cadc"]},
+            "model.embedding_dim": {"type": "grid", "values": [8, 12]},
+        },
+        "extra_trials": [{"method": "random", "model.embedding_dim": 8}],
+        "searcher": {"type": "grid"},
+        "objectives": [{"metric": "test_hr@10", "mode": "max"}],
+        "max_concurrent_trials": 2,
+        "trial_resources": {"num_workers": 0, "cpus_per_worker": 1, "torch_threads": 1},
+        "output_dir": str(output_dir),
+    }
+    raw.update(changes)
+    return parse_spec(raw, "tiny.yaml")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class InterruptAfterFirstTrial(tune.Callback):
+    """Sends this process SIGINT (a Ctrl-C) when the first trial completes, once.
+
+    The marker file keeps it from firing again after ``Tuner.restore`` (which restores
+    the callbacks the sweep started with).
+    """
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if not self.marker.exists():
+            self.marker.write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cadc_ray.runtime import pretrain as runtime_pretrain
+
+    pretrained_dims: list[int] = []
+    original_fit = runtime_pretrain.fit_pretrain
+
+    def counting_fit(config: Any, *args: Any, **kwargs: Any) -> Any:
+        pretrained_dims.append(config.pretrain.embedding_dim)
+        return original_fit(config, *args, **kwargs)
+
+    puts: list[str] = []
+    original_put = ray.put
+
+    def counting_put(value: Any, *args: Any, **kwargs: Any) -> Any:
+        ref = original_put(value, *args, **kwargs)
+        if isinstance(value, PretrainedTables):
+            puts.append(ref.hex())
+        return ref
+
+    monkeypatch.setattr(runtime_pretrain, "fit_pretrain", counting_fit)
+    monkeypatch.setattr(ray, "put", counting_put)
+    spec = tiny_spec(tmp_path / "sweep", tmp_path / "data")
+    marker = tmp_path / "interrupted-after"
+
+    # --- first run: interrupted (Ctrl-C) once the first trial has finished ---
+    first = run_sweep(spec, callbacks=[InterruptAfterFirstTrial(marker)])
+    assert first.interrupted
+    assert sorted(pretrained_dims) == [7, 11]  # once per distinct pretraining config
+    assert sorted(puts) == sorted(first.pretrained_ref_ids.values())  # one put per config
+    finished_first = {r["trial_id"]: r for r in first.records if r["status"] == "finished"}
+    assert marker.read_text() in finished_first and len(finished_first) < 3
+    assert {r["status"] for r in first.records} <= {"finished", "incomplete"}
+
+    # --- resume: the rest finishes, nothing is pretrained or re-run twice ---
+    pretrained_dims.clear()
+    puts.clear()
+    resumed = run_sweep(spec, resume=True)
+    assert not resumed.interrupted
+    assert pretrained_dims == [] and resumed.pretrain_runs == []
+    assert sorted(resumed.pretrain_loaded) == sorted(first.pretrain_runs)
+    assert sorted(puts) == sorted(resumed.pretrained_ref_ids.values())
+    records = {r["trial_id"]: r for r in resumed.records}
+    assert [r["status"] for r in records.values()] == ["finished"] * 3
+    for trial_id, record in records.items():
+        metrics = record["metrics"]
+        key = metrics["pretrain_key"]
+        run = first if trial_id in finished_first else resumed
+        if trial_id in finished_first:
+            # Not re-run: the very same final result.
+            before = finished_first[trial_id]["metrics"]
+            assert metrics["trial_started_at"] == before["trial_started_at"]
+            assert metrics["test_hr@10"] == before["test_hr@10"]
+        if record["config"].method == "cadc":
+            # The trial read exactly the ref its driver put for its pretraining config.
+            assert metrics["pretrained_ref"] == run.pretrained_ref_ids[key]
+            assert metrics["frozen_parameters"] > 0 and metrics["pretrain_seconds"] > 0
+        else:
+            assert key == "" and metrics["pretrained_ref"] == ""
+            assert metrics["frozen_parameters"] == 0 and metrics["pretrain_seconds"] == 0
+        assert 0.0 <= metrics["test_hr@10"] <= 1.0
+        assert metrics["total_seconds"] == pytest.approx(
+            metrics["pretrain_seconds"] + metrics["train_seconds"]
+        )
+
+    # --- outputs ---
+    folder = resumed.output_dir
+    rows = _rows(folder / "results.csv")
+    assert [row["method"] for row in rows] == ["cadc", "cadc", "random"]
+    assert {row["embedding_dim"] for row in rows if row["method"] == "cadc"} == {"8", "12"}
+    assert {row["status"] for row in rows} == {"finished"}
+    best = json.loads((folder / "best.json").read_text())
+    assert best["best"]["metrics"]["test_hr@10"] == max(
+        r["metrics"]["test_hr@10"] for r in records.values()
+    )
+    assert (folder / "best_config.yaml").is_file()
+    assert (folder / "plots" / "quality_vs_time.png").stat().st_size > 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["finished"] == 3 and not summary["interrupted"]
+
+    # A fresh sweep into the same folder is refused (it would mix two sweeps) ...
+    with pytest.raises(ConfigError, match=r"already holds a sweep: pass --resume"):
+        run_sweep(spec)
+    # ... and so is resuming it with another spec.
+    changed = tiny_spec(tmp_path / "sweep", tmp_path / "data", max_concurrent_trials=1)
+    with pytest.raises(ConfigError, match=r"--resume: the spec differs .*max_concurrent_trials"):
+        run_sweep(changed, resume=True)
