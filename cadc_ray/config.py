@@ -72,7 +72,8 @@ class DataConfig:
     dataset: DatasetName = "synthetic"
     # Raw input: a folder or file. None: $CADC_DATA_DIR/<dataset folder> for named datasets.
     path: str | None = None
-    # Where the prepared Parquet shards go. None: <output_root>/prepared/<dataset>.
+    # Where the prepared Parquet shards go. None: <output_root>/prepared/<dataset>-<digest>
+    # (the digest covers the settings that define the content).
     prepared_dir: str | None = None
     duplicates: DuplicateRule = "keep_last"
     filter_ratio: float = 10.0

@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     _write_atomic(args.output, json.dumps(payload, indent=2) + "\n")
-    lines = [f"Dataset `{base.data.dataset}`, filter ratio {base.data.filter_ratio:g}, seed {base.seed}.", ""]
+    lines = [
+        f"Dataset `{base.data.dataset}`, filter ratio {base.data.filter_ratio:g}, seed {base.seed}.",
+        "",
+    ]
     for table, first in ((1, "method"), (2, "integration")):
         rows = [_row(run["label"], run["result"]) for run in runs if run["table"] == table]
         if rows:

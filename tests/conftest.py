@@ -15,6 +15,15 @@ def _shared_data_dir() -> Path:
     return Path(os.environ.get("CADC_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread() -> None:
+    """One intra-op thread in the test process: on 2 cores, torch's default thread
+    pool fights the Ray workers and turns 3-second learning tests into minutes."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or $CADC_DATA_DIR). Missing data fails in CI, skips elsewhere."""
@@ -33,6 +42,10 @@ def ray_session() -> Iterator[None]:
 
     4 logical CPUs lets a 2-worker Train run keep CPUs free for Ray Data.
     """
+    # A loaded 2-core machine can take longer than Ray's defaults to bring up the
+    # raylet and the dashboard agent; give it room rather than failing the session.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
     # State tracking makes Train V2 runs visible in the dashboard's state API.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     import ray

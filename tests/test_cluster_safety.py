@@ -104,12 +104,6 @@ def test_sweep_cli_rejects_missing_spec_file_without_ray(
     assert ray_init_tripwire == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RayInitCalled,
-    reason="sweep driver starts Ray (start_ray) before prepare_datasets checks data.path; "
-    "reported to the sweep owner: resolve data paths before start_ray",
-)
 def test_sweep_cli_rejects_missing_data_path_without_ray(
     tmp_path: Path, ray_init_tripwire: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:

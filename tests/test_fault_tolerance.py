@@ -413,7 +413,7 @@ def test_sweep_cli_interrupted_by_sigint_resumes_and_runs_each_trial_once(
     first_status = driver.wait(timeout=60)
     log = "".join(lines)
     assert interrupted_after is not None, log[-3000:]
-    assert first_status == 0, log[-3000:]
+    assert first_status == 130, log[-3000:]  # interrupted: cli.EXIT_INTERRUPTED
     assert "--resume" in log.split("interrupted:", 1)[1], log[-3000:]
     first_rows = {row["trial_id"]: row for row in _results_rows(output_dir)}
     assert first_rows[interrupted_after]["status"] == "finished"

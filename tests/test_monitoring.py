@@ -3,7 +3,7 @@
 - The dashboard listens on 127.0.0.1 only and refuses requests without the token
   (RAY_NOTES "Dashboard and security"; ray 2.60 keeps the token in ~/.ray/auth_token
   unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH say otherwise).
-- A tiny Train stage run through the runtime (``fit_pretrain``) shows up in the Train V2
+- A tiny Train stage run through the runtime (``fit_ttnn``) shows up in the Train V2
   state API (``/api/train/v2/runs/v1``, needs RAY_TRAIN_ENABLE_STATE_TRACKING=1 before
   ``ray.init``: the ``ray_session`` fixture sets it), and its custom Gauges
   (``cadc_ray.runtime.metrics``) appear on the Prometheus endpoint as ``ray_cadc_*``.
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.ray
 POLL_SECONDS = 0.25
 RUN_TIMEOUT_SECONDS = 240.0
 ACTIVE_RUN_STATUSES = ("INITIALIZING", "SCHEDULING", "RUNNING")
-CUSTOM_GAUGES = ("ray_cadc_epoch", "ray_cadc_samples_per_second")
+CUSTOM_GAUGES = ("ray_cadc_epoch", "ray_cadc_samples_per_second", "ray_cadc_validation_hr_at_10")
 
 
 @dataclass(frozen=True)
@@ -232,23 +232,47 @@ def test_token_is_the_one_in_the_default_file(ray_session: None) -> None:
 
 
 def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_path: Path) -> None:
-    from cadc_ray.runtime.pretrain import fit_pretrain
+    """A TTNN stage (method Random: no pretraining) seen live through the dashboard."""
+    from cadc_ray.data import Manifest, materialize_split, prepare_dataset
+    from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
 
     run_name = f"monitor-{os.getpid()}-{time.monotonic_ns()}"
     epochs = 3
-    split = TinySplit(write_tiny_interactions(tmp_path / "train", 20_000, 400, 200))
-    config = tiny_pretrain_config(epochs=epochs, num_workers=1)
+    config = from_dict(
+        ExperimentConfig,
+        {
+            "method": "random",
+            "output_root": str(tmp_path / "runs"),
+            "data": {
+                "dataset": "synthetic",
+                "filter_ratio": 2,
+                "synthetic": {
+                    "num_users": 200,
+                    "num_items": 100,
+                    "num_interactions": 8000,
+                    "latent_dim": 4,
+                },
+            },
+            "model": {
+                "embedding_dim": 8,
+                "feature_embedding_dim": 4,
+                "tower_hidden": [16],
+                "output_dim": 8,
+            },
+            "train": {"epochs": epochs, "batch_size": 128, "early_stopping_patience": 0},
+            "resources": {"num_workers": 1, "use_gpu": "no", "torch_threads": 1},
+        },
+        "tests/test_monitoring.py",
+    )
+    prepared = prepare_dataset(config.data, tmp_path / "runs")
+    inputs = build_ttnn_inputs(config, prepared, materialize_split(prepared), None)
+    assert inputs.num_users == Manifest.load(prepared).num_users
     outcome: dict[str, Any] = {}
 
     def run_stage() -> None:
         try:
-            outcome["result"] = fit_pretrain(
-                config,
-                split,
-                num_users=400,
-                num_items=200,
-                run_name=run_name,
-                storage_path=str(tmp_path / "storage"),
+            outcome["result"] = fit_ttnn(
+                config, inputs, run_name=run_name, storage_path=str(tmp_path / "storage")
             )
         except BaseException as error:  # re-raised in the test thread
             outcome["error"] = error
@@ -281,11 +305,13 @@ def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_pa
         raise outcome["error"]
 
     result = outcome["result"]
-    assert result.epochs == epochs
+    assert result.epochs_run == epochs
     # Custom gauges, as Prometheus exposes them (tagged with stage and run name).
     assert set(CUSTOM_GAUGES) <= set(seen), f"gauges seen for {run_name}: {seen}"
     assert 1 <= seen["ray_cadc_epoch"] <= epochs
     assert seen["ray_cadc_samples_per_second"] > 0
+    assert 0 <= seen["ray_cadc_validation_hr_at_10"] <= 1
+    assert seen["ray_cadc_validation_hr_at_10"] <= result.best_val_metrics["hr@10"] + 1e-9
 
     # The Train V2 state API: the run, its settings and its (single) attempt.
     run = train_run_named(run_name)

@@ -131,8 +131,14 @@ def _fit(tiny: TinyData, config: ExperimentConfig, tables: Any, **kwargs: Any) -
     return fit_ttnn(config, inputs, **kwargs)
 
 
-def test_ttnn_stage_learns_and_beats_popularity(tiny: TinyData, pretrained: PretrainResult) -> None:
-    result = _fit(tiny, tiny.config, pretrained.tables)
+@pytest.fixture(scope="module")
+def one_worker(tiny: TinyData, pretrained: PretrainResult) -> Any:
+    """CADC's TTNN stage in local mode (shared by the learning and 2-worker tests)."""
+    return _fit(tiny, tiny.config, pretrained.tables)
+
+
+def test_ttnn_stage_learns_and_beats_popularity(tiny: TinyData, one_worker: Any) -> None:
+    result = one_worker
     losses = [epoch["loss"] for epoch in result.history]
     assert len(losses) == result.epochs_run == 6 and not result.early_stopped
     assert losses[-1] < losses[0], losses
@@ -177,11 +183,11 @@ def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(
 
 
 def test_two_workers_give_the_same_kind_of_result_as_one(
-    tiny: TinyData, pretrained: PretrainResult, tmp_path: Path
+    tiny: TinyData, pretrained: PretrainResult, one_worker: Any, tmp_path: Path
 ) -> None:
     from cadc_ray.runtime.checkpoint import load_checkpoint
 
-    single = _fit(tiny, tiny.config, pretrained.tables)
+    single = one_worker
     config = replace_dotted(tiny.config, {"resources.num_workers": 2})
     double = _fit(tiny, config, pretrained.tables, run_name="two", storage_path=str(tmp_path))
     popularity = tiny.popularity_val["hr@10"]

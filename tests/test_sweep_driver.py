@@ -2,7 +2,7 @@
 
 - pretraining runs exactly once per distinct pretraining config, and every trial reads the
   one ObjectRef the driver put (no per-trial copy);
-- an interrupted sweep resumes: the remaining trials finish, finished ones are not re-run,
+- a sweep stopped by SIGTERM resumes: the remaining trials finish, finished ones are not re-run,
   the pretrained tables are reloaded from disk instead of being trained again.
 """
 
@@ -70,7 +70,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 class InterruptAfterFirstTrial(tune.Callback):
-    """Sends this process SIGINT (a Ctrl-C) when the first trial completes, once.
+    """Sends this process SIGTERM when the first trial completes, once.
+
+    SIGTERM (what a scheduler or ``kill`` sends) must stop the sweep like a Ctrl-C:
+    run_sweep forwards it to Tune's SIGINT handler, which saves the experiment state
+    (the CLI test in test_fault_tolerance.py covers SIGINT itself).
 
     The marker file keeps it from firing again after ``Tuner.restore`` (which restores
     the callbacks the sweep started with).
@@ -82,7 +86,7 @@ class InterruptAfterFirstTrial(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if not self.marker.exists():
             self.marker.write_text(trial.trial_id)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
@@ -111,7 +115,7 @@ def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
     spec = tiny_spec(tmp_path / "sweep", tmp_path / "data")
     marker = tmp_path / "interrupted-after"
 
-    # --- first run: interrupted (Ctrl-C) once the first trial has finished ---
+    # --- first run: interrupted (SIGTERM) once the first trial has finished ---
     first = run_sweep(spec, callbacks=[InterruptAfterFirstTrial(marker)])
     assert first.interrupted
     assert sorted(pretrained_dims) == [7, 11]  # once per distinct pretraining config

@@ -152,3 +152,13 @@ def test_write_reports_writes_every_file_atomically(tmp_path: Path) -> None:
 
     best_config = load_config(tmp_path / "best_config.yaml")  # runnable with cadc_ray.run
     assert best_config.method == "gs" and best_config.name == "ratio-test-best"
+
+
+def test_epoch_results_carry_every_sweep_metric() -> None:
+    from cadc_ray.sweep.callbacks import epoch_result
+
+    names = ("val_hr@10", "test_hr@10", "total_seconds")
+    result = epoch_result({"val_hr@10": 0.2, "epoch": 3}, names, pretrain_seconds=4.0)
+    assert result["val_hr@10"] == 0.2 and result["epoch"] == 3  # real values kept
+    assert math.isnan(result["test_hr@10"]) and math.isnan(result["total_seconds"])
+    assert result["pretrain_seconds"] == 4.0

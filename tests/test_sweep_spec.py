@@ -143,6 +143,13 @@ def _write(tmp_path: Path, raw: dict[str, Any], name: str = "spec.yaml") -> Path
         ),
         ({"trial_resources": {"num_gpus": 1}}, r"spec.yaml: trial_resources.num_gpus: unknown key"),
         ({"num_samples": 3}, r"spec.yaml: num_samples: must be 1 with searcher 'grid'"),
+        (
+            {"storage_path": "ftp://host/results"},
+            r"spec.yaml: storage_path: unsupported scheme 'ftp' in 'ftp://host/results'",
+        ),
+        ({"storage_path": "s3:///"}, r"spec.yaml: storage_path: 's3:///' names no bucket"),
+        ({"storage_path": ""}, r"spec.yaml: storage_path: expected a URI or a path, got ''"),
+        ({"storage_path": 3}, r"spec.yaml: storage_path: expected a URI or a path, got 3"),
     ],
 )
 def test_invalid_specs_fail_with_file_and_path(
@@ -203,6 +210,17 @@ def test_set_routes_spec_keys_and_experiment_keys(tmp_path: Path) -> None:
         ConfigError, match=r"with --set train\.epocs=5: overrides.train.epocs: unknown config key"
     ):
         load_spec(path, ["train.epocs=5"])
+
+
+def test_storage_path_defaults_to_none_and_accepts_uris_and_paths(tmp_path: Path) -> None:
+    path = _write(tmp_path, _spec())
+    assert load_spec(path).storage_path is None
+    # --set routes it to the spec (not to the experiment overrides); a trailing / is dropped.
+    spec = load_spec(path, ["storage_path=s3://bucket/prefix/"])
+    assert spec.storage_path == "s3://bucket/prefix"
+    assert spec.to_plain()["storage_path"] == "s3://bucket/prefix"
+    assert load_spec(path, ["storage_path=/mnt/nfs/sweeps"]).storage_path == "/mnt/nfs/sweeps"
+    assert load_spec(path, ["storage_path=gs://b"]).storage_path == "gs://b"
 
 
 def test_base_file_is_relative_to_the_spec(tmp_path: Path) -> None:
@@ -278,7 +296,7 @@ def test_optuna_setup_enumerates_discrete_pretraining_dimensions() -> None:
         space={
             "method": {"type": "choice", "values": ["cadc", "random"]},
             "model.embedding_dim": {"type": "int", "low": 8, "high": 24, "step": 8},
-            "data.filter_ratio": {"type": "uniform", "low": 2, "high": 20},
+            "data.filter_ratio": {"type": "uniform", "low": 5, "high": 20, "step": 5},
             "train.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
         },
         num_samples=4,
@@ -286,6 +304,18 @@ def test_optuna_setup_enumerates_discrete_pretraining_dimensions() -> None:
     spec = parse_spec(raw)
     pretraining = distinct_pretrain_configs(trial_configs_for_setup(spec))
     assert sorted(config.pretrain.embedding_dim for config in pretraining.values()) == [7, 15, 23]
+    assert distinct_samples(trial_configs_for_setup(spec)) == [
+        (r, 0) for r in (5.0, 10.0, 15.0, 20.0)
+    ]
+
+
+def test_continuous_sample_dimension_is_rejected(tmp_path: Path) -> None:
+    raw = _spec(
+        searcher={"type": "optuna"},
+        space={"data.filter_ratio": {"type": "loguniform", "low": 2, "high": 100}},
+    )
+    with pytest.raises(ConfigError, match=r"space.data.filter_ratio: selects the training sample"):
+        load_spec(_write(tmp_path, raw))
 
 
 def test_distribution_finite_values() -> None:

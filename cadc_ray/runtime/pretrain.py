@@ -45,7 +45,11 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     from cadc_ray.models.mf import MatrixFactorization, MLPMatrixFactorization
-    from cadc_ray.runtime.checkpoint import capture_rng_state, software_versions
+    from cadc_ray.runtime.checkpoint import (
+        FORMAT_VERSION,
+        capture_rng_state,
+        software_versions,
+    )
     from cadc_ray.runtime.metrics import stage_gauges
     from cadc_ray.runtime.trainer import check_resumable, config_from_loop
     from cadc_ray.runtime.worker import (
@@ -137,11 +141,12 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state = None
         if worker.rank == 0:
             state = {
-                "format_version": 1,
+                "format_version": FORMAT_VERSION,
                 "stage": STAGE,
                 "config": config_dict,
                 "versions": software_versions(),
-                "seed": seed,
+                "seed": config.seed,
+                "stage_seed": seed,  # what the per-epoch generators derive from
                 "epoch": epoch + 1,
                 "model": base.state_dict(),
                 "optimizers": {"mf": optimizers.state_dict()},
@@ -151,6 +156,12 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             }
             if gauges is not None:
                 gauges.record_epoch(epoch + 1, samples_per_second, None)
+            logger.info(
+                "pretrain epoch %d: loss %.4f, %.0f samples/s",
+                epoch + 1,
+                metrics["loss"],
+                samples_per_second,
+            )
         report_epoch(metrics, state, worker, epoch + 1, loop_config["local_checkpoint_root"])
     del model
     if worker.rank != 0:

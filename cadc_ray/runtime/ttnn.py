@@ -129,7 +129,11 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
     from cadc_ray.methods import METHODS, resolved_integration
     from cadc_ray.models import build_two_tower, count_parameters
-    from cadc_ray.runtime.checkpoint import capture_rng_state, software_versions
+    from cadc_ray.runtime.checkpoint import (
+        FORMAT_VERSION,
+        capture_rng_state,
+        software_versions,
+    )
     from cadc_ray.runtime.metrics import stage_gauges
     from cadc_ray.runtime.trainer import check_resumable, config_from_loop
     from cadc_ray.runtime.worker import (
@@ -267,7 +271,6 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     timer = EpochTimer()
     early_stopped = stopper.should_stop and start_epoch < settings.epochs
     selection = config.eval.selection_metric
-    epoch = start_epoch
     for epoch in range(start_epoch, settings.epochs):
         if stopper.should_stop:  # resumed after the stopping epoch's report
             early_stopped = True
@@ -308,11 +311,12 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state = None
         if worker.rank == 0:
             state = {
-                "format_version": 1,
+                "format_version": FORMAT_VERSION,
                 "stage": STAGE,
                 "config": config_dict,
                 "versions": software_versions(),
-                "seed": seed,
+                "seed": config.seed,
+                "stage_seed": seed,  # what the per-epoch generators derive from
                 "epoch": epoch + 1,
                 "model": base.state_dict(),
                 "optimizers": {"adam": optimizer.state_dict()},
@@ -326,6 +330,16 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             }
             if gauges is not None:
                 gauges.record_epoch(epoch + 1, samples_per_second, last_val.get("hr@10"))
+            logger.info(
+                "ttnn epoch %d: loss %.4f, %s %.4f (best %.4f at epoch %d), %.0f samples/s",
+                epoch + 1,
+                metrics["loss"],
+                selection,
+                last_val.get(selection, float("nan")),
+                best_val.get(selection, float("nan")),
+                stopper.best_epoch or 0,
+                samples_per_second,
+            )
         report_epoch(metrics, state, worker, epoch + 1, loop_config["local_checkpoint_root"])
         if stopper.should_stop:
             early_stopped = epoch + 1 < settings.epochs

@@ -1,8 +1,9 @@
 """Command line of the sweep: load and validate the spec, run (or resume), print where results are.
 
-Exit status: 0 done (even when some trials failed: see the table), 2 spec/config/data
-error (before any trial or Ray resource starts when it is the spec), 1 when every trial
-failed.
+Exit status: 0 done (even when some trials failed: see the table); 2 spec/config/data
+error (before any Ray resource starts: the spec, the experiment configs, every dataset's
+raw input path); 1 when every trial failed; 130 interrupted (SIGINT/Ctrl-C or SIGTERM:
+Tune saved its state, finish with ``--resume``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from cadc_ray.config import ConfigError
 
 EXIT_CONFIG_ERROR = 2
 EXIT_ALL_FAILED = 1
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a Ctrl-C'd command; also used after SIGTERM."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except (KeyboardInterrupt, SystemExit):
+        # Before Tune started (setup/pretraining) or a second signal during Tune. The
+        # sweep never calls sys.exit: a SystemExit here is a signal handler's that Ray
+        # installs (Train's Ctrl-C handler around a pretraining run exits 0 after aborting it).
+        print(
+            f"interrupted: finish it with  python -m cadc_ray.sweep {args.spec} --resume "
+            "(or start again if no trial had started)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     statuses = [record["status"] for record in outcome.records]
     print(
         f"sweep {spec.name}: {statuses.count('finished')} finished, {statuses.count('stopped')} "
@@ -100,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {kind}: {path}")
     if outcome.interrupted:
         print(f"interrupted: finish it with  python -m cadc_ray.sweep {args.spec} --resume")
+        return EXIT_INTERRUPTED
     if statuses and statuses.count("error") == len(statuses):
         return EXIT_ALL_FAILED
     return 0

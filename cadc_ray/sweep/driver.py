@@ -26,8 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,7 @@ from cadc_ray.sweep.space import (
     resolve_trial_config,
     trial_configs_for_setup,
 )
-from cadc_ray.sweep.spec import SweepSpec, known_metrics
+from cadc_ray.sweep.spec import SweepSpec, is_uri, known_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ class SweepOutcome:
     wall_seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # Tune stopped before every trial ended (e.g. Ctrl-C): --resume
+    storage_root: str = ""  # where tune/ and train/ live (output_dir, or storage_path/<name>)
 
 
 def data_key(config: ExperimentConfig) -> str:
@@ -433,11 +437,16 @@ def pretrain_all(
     datasets: Mapping[str, DatasetInputs],
     *,
     output_dir: Path,
+    train_storage_path: str,
     use_gpu: bool,
     reuse_saved: bool,
     outcome: SweepOutcome,
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
-    """Pretrains once per key (or loads the saved tables) and ``ray.put``s each ONCE."""
+    """Pretrains once per key (or loads the saved tables) and ``ray.put``s each ONCE.
+
+    The tables are saved under the local ``output_dir``; the Train run (checkpoints)
+    goes to ``train_storage_path`` (local path or URI).
+    """
     import ray
 
     from cadc_ray.runtime.pretrain import fit_pretrain
@@ -463,7 +472,7 @@ def pretrain_all(
                 num_items=dataset.num_items,
                 use_gpu=use_gpu,
                 run_name=f"pretrain-{key}",
-                storage_path=str(output_dir / TRAIN_DIR),
+                storage_path=train_storage_path,
             )
             tables, pretrain_seconds = result.tables, float(result.seconds)
             save_pretrained(folder, key, tables, pretrain_seconds)
@@ -475,18 +484,117 @@ def pretrain_all(
     return refs, seconds
 
 
+def check_data_inputs(spec: SweepSpec, configs: Sequence[ExperimentConfig]) -> None:
+    """Every distinct dataset's raw input exists (what prepare_dataset reads): no Ray needed.
+
+    Raises ConfigError naming the spec file and the missing path, so a typo in
+    ``data.path`` fails before ``ray.init`` asks a cluster for anything.
+    """
+    from cadc_ray.data import DataError
+    from cadc_ray.data.readers import list_input_files, resolve_input_path
+
+    checked: set[str] = set()
+    for config in configs:
+        key = data_key(config)
+        if key in checked or config.data.dataset == "synthetic":
+            continue
+        checked.add(key)
+        try:
+            path = resolve_input_path(config.data)
+            for file in list_input_files(config.data, path):
+                if not file.is_file():
+                    what = "is a folder, expected a file" if file.is_dir() else "file not found"
+                    raise DataError(
+                        f"{file}: {what} (data.path for dataset {config.data.dataset!r})"
+                    )
+        except DataError as error:
+            raise ConfigError(f"{spec.source}: data.path: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Storage (local, NFS or a pyarrow URI such as s3://) and signals
+
+
+def storage_root(spec: SweepSpec, output_dir: Path) -> str:
+    """Where Tune's experiment (``tune/``) and the Train runs (``train/``) live.
+
+    ``output_dir`` when ``spec.storage_path`` is None, else ``<storage_path>/<name>``:
+    a URI is kept as text (``Path`` would turn ``s3://b`` into ``s3:/b``), a local
+    path is made absolute (trials run in other working directories).
+    """
+    if spec.storage_path is None:
+        return str(output_dir)
+    if is_uri(spec.storage_path):
+        return f"{spec.storage_path.rstrip('/')}/{spec.name}"
+    return str(Path(spec.storage_path).expanduser().resolve() / spec.name)
+
+
+def join_storage(root: str, name: str) -> str:
+    """``root/name`` for a URI or a local path."""
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _forward_sigterm_to_sigint(signum: int, frame: Any) -> None:
+    """SIGTERM -> whatever SIGINT does right now (Tune's graceful stop during ``fit``).
+
+    ``ray.init`` installs a SIGTERM handler that just exits, so Tune never saves its
+    experiment state and a trial that had finished stays RUNNING there (``--resume``
+    then runs it again). Tune's SIGINT handler (``ray.tune.tune._setup_signal_catching``)
+    sets its stop event, Tune checkpoints the experiment and returns; outside ``fit``
+    Python's default SIGINT handler raises KeyboardInterrupt (cleanup via ``finally``).
+    """
+    logger.warning("SIGTERM received: stopping the sweep as for Ctrl-C (SIGINT)")
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIG_DFL / SIG_IGN / not set from Python
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """Installs :func:`_forward_sigterm_to_sigint` (main thread only); restores on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _forward_sigterm_to_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def restored_sigint() -> Iterator[None]:
+    """Puts the SIGINT handler back afterwards: a Train run on the main thread (the
+    pretraining) installs its own (abort that run) and never removes it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 # ---------------------------------------------------------------------------------------
 # The sweep
 
 
 def check_output_dir(spec: SweepSpec, output_dir: Path, resume: bool) -> None:
-    """Fresh sweeps need a fresh folder; ``--resume`` needs the same spec's Tune state."""
+    """Fresh sweeps need a fresh folder; ``--resume`` needs the same spec's Tune state.
+
+    Tune's state is looked up at ``<storage root>/tune`` (a URI works: ``Tuner.can_restore``
+    reads it through pyarrow).
+    """
     from ray.tune import Tuner
 
-    tune_dir = output_dir / TUNE_DIR
+    tune_dir = join_storage(storage_root(spec, output_dir), TUNE_DIR)
     saved_spec = output_dir / SPEC_FILE
     if resume:
-        if not Tuner.can_restore(str(tune_dir)):
+        if not Tuner.can_restore(tune_dir):
             raise ConfigError(f"{spec.source}: --resume: no sweep to resume in {tune_dir}")
         if saved_spec.is_file():
             before = json.loads(saved_spec.read_text(encoding="utf-8"))
@@ -498,10 +606,14 @@ def check_output_dir(spec: SweepSpec, output_dir: Path, resume: bool) -> None:
                     f"with (in {changed}); resume with the same spec or use a new output_dir"
                 )
         return
-    if tune_dir.exists() and any(tune_dir.iterdir()):
+    if is_uri(tune_dir):
+        holds_sweep = Tuner.can_restore(tune_dir)
+    else:
+        holds_sweep = Path(tune_dir).exists() and any(Path(tune_dir).iterdir())
+    if holds_sweep:
         raise ConfigError(
-            f"{spec.source}: output_dir {output_dir} already holds a sweep: pass --resume to "
-            "finish it, or --set output_dir=... for a new one"
+            f"{spec.source}: {tune_dir} already holds a sweep: pass --resume to "
+            "finish it, or --set output_dir=... (or storage_path=...) for a new one"
         )
 
 
@@ -524,97 +636,136 @@ def run_sweep(
 
     ``callbacks``: extra ``ray.tune.Callback``s (loggers, ...) for a fresh sweep; a resumed
     sweep keeps the callbacks it was started with (Tune restores its RunConfig).
-    Starts Ray when it is not initialized (and shuts down what it started).
+    Starts Ray when it is not initialized (and shuts down what it started). Every
+    dataset's raw input is checked before that. While it runs, SIGTERM stops the sweep
+    like SIGINT (Tune saves its state; ``outcome.interrupted``; ``--resume`` finishes it).
     """
+    output_dir = spec.output_dir.resolve()
+    base = absolute_paths(spec.base_config)
+    spec_abs = _with_base(spec, base)
+    setup_configs = trial_configs_for_setup(spec_abs)
+    check_data_inputs(spec, setup_configs)
+    check_output_dir(spec, output_dir, resume)
+    root = storage_root(spec, output_dir)
+    tune_path, train_path = join_storage(root, TUNE_DIR), join_storage(root, TRAIN_DIR)
+    started = time.perf_counter()
+    started_ray = start_ray(spec, address)
+    import ray
+
+    # Installed after ray.init, which sets its own exit-at-once SIGTERM handler.
+    with sigterm_as_sigint():
+        try:
+            return _run_started_sweep(
+                spec,
+                spec_abs,
+                setup_configs,
+                output_dir=output_dir,
+                storage=(root, tune_path, train_path),
+                resume=resume,
+                callbacks=callbacks,
+                started=started,
+            )
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+
+def _run_started_sweep(
+    spec: SweepSpec,
+    spec_abs: SweepSpec,
+    setup_configs: list[ExperimentConfig],
+    *,
+    output_dir: Path,
+    storage: tuple[str, str, str],
+    resume: bool,
+    callbacks: Sequence[Any],
+    started: float,
+) -> SweepOutcome:
+    """:func:`run_sweep` once Ray is up: setup, pretraining, ``Tuner.fit``, reports."""
+    import ray
     from ray import tune
 
     from cadc_ray.runtime.session import resolve_use_gpu
     from cadc_ray.sweep.callbacks import SweepProgressCallback
     from cadc_ray.sweep.report import collect_records, write_reports
 
-    output_dir = spec.output_dir.resolve()
-    check_output_dir(spec, output_dir, resume)
-    started = time.perf_counter()
-    started_ray = start_ray(spec, address)
-    import ray
-
-    try:
-        base = absolute_paths(spec.base_config)
-        spec_abs = _with_base(spec, base)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            _write_atomic(
-                output_dir / SPEC_FILE,
-                json.dumps(comparable_spec(spec), indent=2, sort_keys=True) + "\n",
-            )
-            _write_atomic(
-                output_dir / "spec.yaml", yaml.safe_dump(spec.to_plain(), sort_keys=False)
-            )
-        use_gpu = resolve_use_gpu(base.resources)
-        setup_configs = trial_configs_for_setup(spec_abs)
-        outcome = SweepOutcome(output_dir=output_dir, records=[])
-        datasets = prepare_datasets(setup_configs)
+    root, tune_path, train_path = storage
+    base = spec_abs.base_config
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _write_atomic(
+            output_dir / SPEC_FILE,
+            json.dumps(comparable_spec(spec), indent=2, sort_keys=True) + "\n",
+        )
+        _write_atomic(output_dir / "spec.yaml", yaml.safe_dump(spec.to_plain(), sort_keys=False))
+    use_gpu = resolve_use_gpu(base.resources)
+    outcome = SweepOutcome(output_dir=output_dir, records=[], storage_root=root)
+    datasets = prepare_datasets(setup_configs)
+    with restored_sigint():
         refs, seconds = pretrain_all(
             distinct_pretrain_configs(setup_configs),
             datasets,
             output_dir=output_dir,
+            train_storage_path=train_path,
             use_gpu=use_gpu,
             reuse_saved=resume,
             outcome=outcome,
         )
-        context = TrialContext(
-            base_config=base,
-            datasets=datasets,
-            pretrained_refs=refs,
-            pretrain_seconds=seconds,
-            train_storage_path=str(output_dir / TRAIN_DIR),
-            use_gpu=use_gpu,
-            metric_names=known_metrics(base),
+    context = TrialContext(
+        base_config=base,
+        datasets=datasets,
+        pretrained_refs=refs,
+        pretrain_seconds=seconds,
+        train_storage_path=train_path,
+        use_gpu=use_gpu,
+        metric_names=known_metrics(base),
+    )
+    has_slot = float(ray.cluster_resources().get(TRIAL_SLOT_RESOURCE, 0)) >= 1
+    resources = trial_resources(base, use_gpu, has_slot)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+    searcher, param_space = build_search(spec_abs)
+    if resume:
+        tuner = tune.Tuner.restore(
+            tune_path, trainable=trainable, param_space=param_space, resume_errored=True
         )
-        has_slot = float(ray.cluster_resources().get(TRIAL_SLOT_RESOURCE, 0)) >= 1
-        resources = trial_resources(base, use_gpu, has_slot)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-        searcher, param_space = build_search(spec_abs)
-        tune_dir = output_dir / TUNE_DIR
-        if resume:
-            tuner = tune.Tuner.restore(
-                str(tune_dir), trainable=trainable, param_space=param_space, resume_errored=True
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    scheduler=build_scheduler(spec_abs),
-                    num_samples=spec.num_samples,
-                    max_concurrent_trials=spec.max_concurrent_trials,
-                    # Trial dirs named by id: stable across resumes and short.
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_DIR,
-                    storage_path=str(output_dir),
-                    callbacks=[SweepProgressCallback(), *callbacks],
-                    failure_config=tune.FailureConfig(max_failures=0),
-                ),
-            )
-        logger.info("sweep %s: trial resources %s, output %s", spec.name, resources, output_dir)
-        result_grid = tuner.fit()
-        outcome.records = collect_records(result_grid, base)
-        # Tune ends a Ctrl-C'd sweep "successfully": trials it never created are missing
-        # and the ones it cut off have no result marked done (ASHA-stopped ones do).
-        outcome.interrupted = len(outcome.records) < expected_trials(spec) or any(
-            record["status"] == "incomplete" for record in outcome.records
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=build_scheduler(spec_abs),
+                num_samples=spec.num_samples,
+                max_concurrent_trials=spec.max_concurrent_trials,
+                # Trial dirs named by id: stable across resumes and short.
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=root,
+                callbacks=[SweepProgressCallback(), *callbacks],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
         )
-        if outcome.interrupted:
-            logger.warning("sweep %s interrupted: finish it with --resume", spec.name)
-        outcome.wall_seconds = time.perf_counter() - started
-        outcome.files = write_reports(spec_abs, outcome)
-        return outcome
-    finally:
-        if started_ray:
-            ray.shutdown()
+    logger.info(
+        "sweep %s: trial resources %s, output %s, Tune/Train storage %s",
+        spec.name,
+        resources,
+        output_dir,
+        root,
+    )
+    result_grid = tuner.fit()
+    outcome.records = collect_records(result_grid, base)
+    # Tune ends a Ctrl-C'd (or SIGTERM'd) sweep "successfully": trials it never created
+    # are missing and the ones it cut off have no result marked done (ASHA-stopped ones do).
+    outcome.interrupted = len(outcome.records) < expected_trials(spec) or any(
+        record["status"] == "incomplete" for record in outcome.records
+    )
+    if outcome.interrupted:
+        logger.warning("sweep %s interrupted: finish it with --resume", spec.name)
+    outcome.wall_seconds = time.perf_counter() - started
+    outcome.files = write_reports(spec_abs, outcome)
+    return outcome
 
 
 def expected_trials(spec: SweepSpec) -> int:

@@ -146,30 +146,32 @@ def pretrain_key(config: ExperimentConfig) -> str | None:
 def _enumerable_values(spec: SweepSpec, key: str, dist: Distribution) -> tuple[Any, ...]:
     values = dist.finite_values()
     if values is None:
+        what = (
+            "selects the training sample, and samples are materialized once before the trials"
+            if key in SAMPLE_KEYS
+            else "changes the pretrained tables, and pretraining runs once per distinct "
+            "pretraining config before the trials"
+        )
         raise ConfigError(
-            f"{spec.source}: space.{key}: changes the pretrained tables, and pretraining runs once "
-            "per distinct pretraining config before the trials start: make this dimension "
-            "discrete (choice, grid, int with a step, or uniform with a step)"
+            f"{spec.source}: space.{key}: {what}: make this dimension discrete (choice, grid, "
+            "int with a step, or uniform with a step)"
         )
     return values
 
 
 def trial_configs_for_setup(spec: SweepSpec) -> list[ExperimentConfig]:
-    """Representative configs covering every pretraining config and every discrete sample.
+    """Representative configs covering every pretraining config and every sample.
 
-    Grid: every trial. Optuna: the product of the finite values of the pretraining and
-    sample dimensions (continuous sample dimensions are left to the trials).
+    Grid: every trial. Optuna: the product of the values of the pretraining and sample
+    dimensions, which must be discrete: both are computed once, before the trials.
     """
     if spec.searcher.kind == "grid":
         return [resolve_trial_config(spec.base_config, point) for point in grid_points(spec)]
-    setup_dims: list[tuple[str, tuple[Any, ...]]] = []
-    for key, dist in spec.space:
-        if is_pretraining_key(key):
-            setup_dims.append((key, _enumerable_values(spec, key, dist)))
-        elif key in SAMPLE_KEYS:
-            values = dist.finite_values()
-            if values is not None:
-                setup_dims.append((key, values))
+    setup_dims = [
+        (key, _enumerable_values(spec, key, dist))
+        for key, dist in spec.space
+        if is_pretraining_key(key) or key in SAMPLE_KEYS
+    ]
     keys = [key for key, _ in setup_dims]
     configs: dict[str, ExperimentConfig] = {}
     for values in itertools.product(*(values for _, values in setup_dims)):

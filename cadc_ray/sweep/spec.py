@@ -17,6 +17,7 @@ A spec is a YAML mapping (``tune_specs/*.yaml``)::
     trial_resources: {num_workers: 1, cpus_per_worker: 1, use_gpu: auto, torch_threads: 1}
     early_stopping: {type: asha, metric: val_hr@10, mode: max, grace_period: 2}
     output_dir: runs/sweeps/ratio
+    storage_path: null                   # Tune/Train storage root (URI or path); null: output_dir
     ray: {num_cpus: 4, include_dashboard: true}   # only when the sweep starts Ray itself
 
 Distributions come from the closed table :data:`DISTRIBUTIONS`; every dotted key must
@@ -79,6 +80,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
 MAX_ENUMERATED_VALUES = 64
 """A distribution on a pretraining key must be enumerable into at most this many values."""
 
+STORAGE_URI_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file"})
+"""URI schemes ``storage_path`` accepts (pyarrow filesystems Tune/Train can write to)."""
+
 MAX_VALIDATED_CORNERS = 4096
 """Cap on the configs checked eagerly for an Optuna space (discrete values x bounds)."""
 
@@ -97,6 +101,7 @@ SPEC_KEYS = frozenset(
         "trial_resources",
         "early_stopping",
         "output_dir",
+        "storage_path",
         "ray",
     }
 )
@@ -204,6 +209,9 @@ class SweepSpec:
     max_concurrent_trials: int = 1
     early_stopping: EarlyStoppingSpec = field(default_factory=EarlyStoppingSpec)
     output_dir: Path = Path("runs/sweeps/sweep")
+    # Root of Tune's experiment and the Train runs: a URI (s3://..., gs://...) or a
+    # local/NFS path; None keeps them in output_dir. The sweep adds "/<name>" to it.
+    storage_path: str | None = None
     ray: RaySpec = field(default_factory=RaySpec)
 
     @property
@@ -231,6 +239,7 @@ class SweepSpec:
             "max_concurrent_trials": self.max_concurrent_trials,
             "early_stopping": dataclasses.asdict(self.early_stopping),
             "output_dir": str(self.output_dir),
+            "storage_path": self.storage_path,
             "ray": dataclasses.asdict(self.ray),
         }
 
@@ -576,6 +585,7 @@ def parse_spec(
     output_raw = raw.get("output_dir", f"runs/sweeps/{name}")
     if not isinstance(output_raw, str) or not output_raw:
         _fail(source, "output_dir", f"expected a path, got {output_raw!r}")
+    storage_path = _parse_storage_path(raw.get("storage_path"), source)
 
     metrics = known_metrics(base_config)
     for index, objective in enumerate(objectives):
@@ -645,10 +655,37 @@ def parse_spec(
         max_concurrent_trials=max_concurrent,
         early_stopping=early_stopping,
         output_dir=Path(os.path.expandvars(output_raw)),
+        storage_path=storage_path,
         ray=ray_spec,
     )
     _validate_trial_configs(spec, resolve_config)
     return spec
+
+
+def is_uri(path: str) -> bool:
+    """True for ``scheme://...`` storage locations (pyarrow resolves them, not the OS)."""
+    return "://" in path
+
+
+def _parse_storage_path(raw: Any, source: str) -> str | None:
+    """None, a URI with a scheme from :data:`STORAGE_URI_SCHEMES`, or a local/NFS path."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        _fail(source, "storage_path", f"expected a URI or a path, got {raw!r}")
+    expanded = os.path.expandvars(raw.strip())
+    if not is_uri(expanded):
+        return expanded
+    scheme, _, rest = expanded.partition("://")
+    if scheme not in STORAGE_URI_SCHEMES:
+        _fail(
+            source,
+            "storage_path",
+            f"unsupported scheme {scheme!r} in {expanded!r} (known: {sorted(STORAGE_URI_SCHEMES)})",
+        )
+    if not rest.strip("/"):
+        _fail(source, "storage_path", f"{expanded!r} names no bucket or folder")
+    return expanded.rstrip("/")
 
 
 def _deep_merge(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, Any]:
