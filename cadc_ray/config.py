@@ -187,7 +187,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}"
+        )
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -329,7 +331,10 @@ def validate(config: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: {path}: {message}")
 
     if config.data.filter_ratio < 1:
-        fail("data.filter_ratio", f"must be >= 1 (1/ratio of D_full is sampled), got {config.data.filter_ratio}")
+        fail(
+            "data.filter_ratio",
+            f"must be >= 1 (1/ratio of D_full is sampled), got {config.data.filter_ratio}",
+        )
     positive_ints = {
         "pretrain.embedding_dim": config.pretrain.embedding_dim,
         "pretrain.epochs": config.pretrain.epochs,
@@ -349,7 +354,10 @@ def validate(config: ExperimentConfig, source: str) -> None:
         if value < 1:
             fail(path, f"must be >= 1, got {value}")
     if config.resources.num_workers < 0:
-        fail("resources.num_workers", f"must be >= 0 (0 = run in-process), got {config.resources.num_workers}")
+        fail(
+            "resources.num_workers",
+            f"must be >= 0 (0 = run in-process), got {config.resources.num_workers}",
+        )
     for path, value in {
         "pretrain.num_negatives": config.pretrain.num_negatives,
         "train.num_negatives": config.train.num_negatives,
@@ -359,7 +367,9 @@ def validate(config: ExperimentConfig, source: str) -> None:
         if value < 0:
             fail(path, f"must be >= 0, got {value}")
     if not config.eval.ks or any(k < 1 for k in config.eval.ks):
-        fail("eval.ks", f"must be a non-empty list of positive cut-offs, got {list(config.eval.ks)}")
+        fail(
+            "eval.ks", f"must be a non-empty list of positive cut-offs, got {list(config.eval.ks)}"
+        )
     metric, _, cutoff = config.eval.selection_metric.partition("@")
     if metric not in ("hr", "ndcg") or not cutoff.isdigit() or int(cutoff) not in config.eval.ks:
         fail(
@@ -379,7 +389,10 @@ def validate(config: ExperimentConfig, source: str) -> None:
         )
     if spec.pretrainer is not None and integration == "none":
         fail("model.integration", f"method {config.method!r} pretrains; 'none' would discard it")
-    if spec.pretrainer is not None and config.model.embedding_dim != config.pretrain.embedding_dim + 1:
+    if (
+        spec.pretrainer is not None
+        and config.model.embedding_dim != config.pretrain.embedding_dim + 1
+    ):
         fail(
             "model.embedding_dim",
             f"must equal pretrain.embedding_dim + 1 (pretrained rows carry a bias element): "
