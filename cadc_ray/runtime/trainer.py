@@ -19,9 +19,25 @@ before covers a crash while the latest is being persisted."""
 LOCAL_CHECKPOINT_DIR = "local_checkpoints"
 
 
+def is_storage_uri(storage_path: str) -> bool:
+    """``s3://bucket/prefix`` and friends: handed to Ray (pyarrow fs) as they are."""
+    return "://" in storage_path
+
+
+def train_storage_path(storage_path: str | None) -> str | None:
+    """Ray Train's ``RunConfig.storage_path``: URIs unchanged, local paths absolute."""
+    if storage_path is None or is_storage_uri(storage_path):
+        return storage_path
+    return str(Path(storage_path).resolve())
+
+
 def local_checkpoint_root(storage_path: str | None, run_name: str) -> str | None:
-    """Where local mode (``num_workers=0``, which persists nothing itself) keeps checkpoints."""
-    if storage_path is None:
+    """Where local mode (``num_workers=0``, which persists nothing itself) keeps checkpoints.
+
+    Local mode writes with plain file I/O, so with a URI storage it has no checkpoint
+    folder (a killed local-mode run restarts from scratch; worker groups still persist).
+    """
+    if storage_path is None or is_storage_uri(storage_path):
         return None
     return str(Path(storage_path) / run_name / LOCAL_CHECKPOINT_DIR)
 
@@ -63,7 +79,7 @@ def run_torch_trainer(
         )
     run_config = RunConfig(
         name=run_name,
-        storage_path=str(Path(storage_path).resolve()) if storage_path is not None else None,
+        storage_path=train_storage_path(storage_path),
         failure_config=FailureConfig(max_failures=resources.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
         callbacks=list(callbacks) if callbacks else None,
