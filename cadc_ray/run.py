@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ConfigError, ExperimentConfig, load_config, to_dict
 from cadc_ray.methods import METHODS, resolved_integration
 
@@ -39,10 +39,7 @@ def default_run_dir(config: ExperimentConfig) -> Path:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Writes ``payload`` to ``path`` through a temporary sibling + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _percent(metrics: dict[str, float]) -> dict[str, float]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import MethodName, load_config, replace_dotted
 from cadc_ray.methods import METHODS
 
@@ -36,13 +37,6 @@ TABLE1_METHODS: tuple[MethodName, ...] = (
 )
 TABLE2_TECHNIQUES = ("hybrid", "init", "init_frz", "linear", "mlp")
 DROPPED_KEYS = ("history", "pretrain_history", "config")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _row(label: str, result: dict[str, Any]) -> str:
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs": runs,
     }
-    _write_atomic(args.output, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")
     lines = [
         f"Dataset `{base.data.dataset}`, filter ratio {base.data.filter_ratio:g}, seed {base.seed}.",
         "",
@@ -131,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [_row(run["label"], run["result"]) for run in runs if run["table"] == table]
         if rows:
             lines += [f"Table {table}", "", HEADER.format(first=first), *rows, ""]
-    _write_atomic(args.output.with_suffix(".md"), "\n".join(lines))
+    write_text_atomic(args.output.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
     return 0
 

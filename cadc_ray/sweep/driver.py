@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ConfigError, ExperimentConfig, replace_dotted, to_dict
 from cadc_ray.sweep.space import (
     TRIAL_KEY,
@@ -395,13 +396,6 @@ def prepare_datasets(configs: Sequence[ExperimentConfig]) -> dict[str, DatasetIn
     return result
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def save_pretrained(folder: Path, key: str, tables: Any, seconds: float) -> None:
     """``<key>.npz`` (user, item) + ``<key>.json`` (pretrainer, seconds), each atomic."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -414,7 +408,7 @@ def save_pretrained(folder: Path, key: str, tables: Any, seconds: float) -> None
         "seconds": seconds,
         "width": int(tables.user.shape[1]),
     }
-    _write_atomic(folder / f"{key}.json", json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(folder / f"{key}.json", json.dumps(meta, indent=2) + "\n")
 
 
 def load_pretrained(folder: Path, key: str) -> tuple[Any, float] | None:
@@ -693,11 +687,13 @@ def _run_started_sweep(
     base = spec_abs.base_config
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        _write_atomic(
+        write_text_atomic(
             output_dir / SPEC_FILE,
             json.dumps(comparable_spec(spec), indent=2, sort_keys=True) + "\n",
         )
-        _write_atomic(output_dir / "spec.yaml", yaml.safe_dump(spec.to_plain(), sort_keys=False))
+        write_text_atomic(
+            output_dir / "spec.yaml", yaml.safe_dump(spec.to_plain(), sort_keys=False)
+        )
     use_gpu = resolve_use_gpu(base.resources)
     outcome = SweepOutcome(output_dir=output_dir, records=[], storage_root=root)
     datasets = prepare_datasets(setup_configs)

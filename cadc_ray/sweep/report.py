@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.methods import METHODS, resolved_integration
 from cadc_ray.sweep.space import TRIAL_KEY, resolve_trial_config
@@ -431,13 +432,6 @@ def _save_figure(figure: Any, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------
 # Writing everything
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def peak_concurrency(records: Sequence[Mapping[str, Any]]) -> int:
