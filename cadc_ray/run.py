@@ -16,12 +16,16 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ConfigError, ExperimentConfig, load_config, to_dict
 from cadc_ray.methods import METHODS, resolved_integration
+
+if TYPE_CHECKING:
+    from cadc_ray.runtime.pretrain import PretrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +55,26 @@ def run_experiment(
     *,
     run_dir: Path | None = None,
     address: str | None = None,
+    pretrain_cache: MutableMapping[str, PretrainResult] | None = None,
 ) -> dict[str, Any]:
     """Runs one experiment and returns the dict written to ``<run_dir>/results.json``.
 
     Starts (or connects to) Ray when it is not initialized and shuts down what it
     started. Metrics in ``test`` / ``val`` are fractions in [0, 1]; ``test_percent`` /
     ``val_percent`` repeat them as percentages (the paper's unit).
+
+    ``pretrain_cache`` (optional, owned by the caller) maps ``sweep.space.pretrain_key``
+    to a finished stage 1: runs with the same dataset, pretrainer, ``pretrain.*`` and
+    seed then share one teacher, as the sweep does (e.g. the five Table 2 techniques).
+    A reused teacher's ``pretrain_seconds`` is the time it took when it was trained, and
+    ``pretrain_reused`` says so.
     """
     from cadc_ray.data import Manifest, materialize_split, prepare_dataset
     from cadc_ray.runtime.checkpoint import software_versions
     from cadc_ray.runtime.pretrain import fit_pretrain
     from cadc_ray.runtime.session import init_ray, resolve_use_gpu
     from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
+    from cadc_ray.sweep.space import pretrain_key
 
     spec = METHODS[config.method]
     started = time.perf_counter()
@@ -86,17 +98,24 @@ def run_experiment(
         split = materialize_split(prepared)
         split_seconds = time.perf_counter() - split_started
         pretrain_result = None
+        pretrain_reused = False
         pretrained_refs: list[ray.ObjectRef] | None = None
         if spec.pretrainer is not None:
-            pretrain_result = fit_pretrain(
-                config,
-                split,
-                num_users=manifest.num_users,
-                num_items=manifest.num_items,
-                use_gpu=use_gpu,
-                run_name="pretrain",
-                storage_path=str(storage),
-            )
+            key = pretrain_key(config)
+            if pretrain_cache is not None and key is not None and key in pretrain_cache:
+                pretrain_result, pretrain_reused = pretrain_cache[key], True
+            else:
+                pretrain_result = fit_pretrain(
+                    config,
+                    split,
+                    num_users=manifest.num_users,
+                    num_items=manifest.num_items,
+                    use_gpu=use_gpu,
+                    run_name="pretrain",
+                    storage_path=str(storage),
+                )
+                if pretrain_cache is not None and key is not None:
+                    pretrain_cache[key] = pretrain_result
             # Wrapped in a list: a bare top-level ref would be resolved by value (RAY_NOTES).
             pretrained_refs = [ray.put(pretrain_result.tables)]
         sample_started = time.perf_counter()
@@ -135,6 +154,7 @@ def run_experiment(
         "pretrain_seconds": pretrain_result.seconds if pretrain_result else 0.0,
         "pretrain_loop_seconds": pretrain_result.loop_seconds if pretrain_result else 0.0,
         "pretrain_epochs": pretrain_result.epochs if pretrain_result else 0,
+        "pretrain_reused": pretrain_reused,
         "train_seconds": ttnn.seconds,
         "train_loop_seconds": ttnn.loop_seconds,
         "prepare_seconds": round(prepare_seconds, 3),  # 0-ish when the prepared dir is reused

@@ -95,3 +95,44 @@ resources: {{num_workers: 0, use_gpu: "no"}}
     assert not list(run_dir.glob(".*.tmp-*"))  # the atomic write left no temp file
     printed = capsys.readouterr().out
     assert "CADC on generic" in printed and "test: hr@10" in printed
+
+
+def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Table 2's techniques share one MF teacher: the reused run equals a fresh one."""
+    from cadc_ray.config import load_config
+    from cadc_ray.runtime.pretrain import PretrainResult
+    from cadc_ray.sweep.space import pretrain_key
+
+    data_file = tmp_path / "interactions.csv"
+    _write_untimed_csv(data_file)
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(
+        f"""
+name: tiny-cache
+method: cadc
+output_root: {tmp_path / "runs"}
+data:
+  dataset: generic
+  path: {data_file}
+  filter_ratio: 2
+  generic: {{user: user, item: item, timestamp: null}}
+pretrain: {{embedding_dim: 7, epochs: 2, batch_size: 256}}
+model: {{embedding_dim: 8, tower_hidden: [16], output_dim: 8}}
+train: {{epochs: 2, batch_size: 128}}
+resources: {{num_workers: 0, use_gpu: "no"}}
+""",
+        encoding="utf-8",
+    )
+    teacher_run = load_config(config_file, ["model.integration=init_frz"])
+    linear_run = load_config(config_file, ["model.integration=linear"])
+    cache: dict[str, PretrainResult] = {}
+    first = run.run_experiment(teacher_run, run_dir=tmp_path / "first", pretrain_cache=cache)
+    assert list(cache) == [pretrain_key(teacher_run)] and not first["pretrain_reused"]
+    reused = run.run_experiment(linear_run, run_dir=tmp_path / "reused", pretrain_cache=cache)
+    assert reused["pretrain_reused"] and len(cache) == 1
+    assert reused["pretrain_seconds"] == first["pretrain_seconds"]
+    fresh = run.run_experiment(linear_run, run_dir=tmp_path / "fresh")
+    assert not fresh["pretrain_reused"]
+    assert reused["test"] == fresh["test"] and reused["val"] == fresh["val"]
