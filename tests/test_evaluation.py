@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,16 +16,6 @@ from cadc_ray.evaluation import (
     full_ranking_sums,
     popularity_scores,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Intra-op threads thrash on a loaded 2-core machine (measured 135 s vs 0.5 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 SCORES = torch.tensor([[0.9, 0.5, 0.7, 0.1, 0.3], [0.2, 0.8, 0.4, 0.6, 0.4]])
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -12,16 +10,6 @@ from cadc_ray.config import ModelConfig
 from cadc_ray.data.features import EntityFeatures
 from cadc_ray.models import PretrainedTables, TwoTower, build_two_tower, count_parameters
 from cadc_ray.models.two_tower import FeatureEncoder
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Intra-op threads thrash on a loaded 2-core machine (measured 135 s vs 0.5 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 NUM_USERS, NUM_ITEMS = 6, 5
 

@@ -47,15 +47,14 @@ def _write_untimed_csv(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def test_run_writes_results_json_with_every_field(
-    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _write_tiny_config(tmp_path: Path, name: str, epochs: int) -> Path:
+    """A CADC experiment on the untimed CSV, small enough for a local-mode run."""
     data_file = tmp_path / "interactions.csv"
     _write_untimed_csv(data_file)
-    config = tmp_path / "tiny.yaml"
+    config = tmp_path / f"{name}.yaml"
     config.write_text(
         f"""
-name: tiny-e2e
+name: {name}
 method: cadc
 output_root: {tmp_path / "runs"}
 data:
@@ -63,13 +62,20 @@ data:
   path: {data_file}
   filter_ratio: 2
   generic: {{user: user, item: item, timestamp: null}}
-pretrain: {{embedding_dim: 7, epochs: 3, batch_size: 256}}
+pretrain: {{embedding_dim: 7, epochs: {epochs}, batch_size: 256}}
 model: {{embedding_dim: 8, tower_hidden: [16], output_dim: 8}}
-train: {{epochs: 3, batch_size: 128}}
+train: {{epochs: {epochs}, batch_size: 128}}
 resources: {{num_workers: 0, use_gpu: "no"}}
 """,
         encoding="utf-8",
     )
+    return config
+
+
+def test_run_writes_results_json_with_every_field(
+    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write_tiny_config(tmp_path, "tiny-e2e", epochs=3)
     run_dir = tmp_path / "out"
     assert (
         run.main([str(config), "--set", "train.learning_rate=0.003", "--output", str(run_dir)]) == 0
@@ -105,26 +111,7 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
     from cadc_ray.runtime.pretrain import PretrainResult
     from cadc_ray.sweep.space import pretrain_key
 
-    data_file = tmp_path / "interactions.csv"
-    _write_untimed_csv(data_file)
-    config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(
-        f"""
-name: tiny-cache
-method: cadc
-output_root: {tmp_path / "runs"}
-data:
-  dataset: generic
-  path: {data_file}
-  filter_ratio: 2
-  generic: {{user: user, item: item, timestamp: null}}
-pretrain: {{embedding_dim: 7, epochs: 2, batch_size: 256}}
-model: {{embedding_dim: 8, tower_hidden: [16], output_dim: 8}}
-train: {{epochs: 2, batch_size: 128}}
-resources: {{num_workers: 0, use_gpu: "no"}}
-""",
-        encoding="utf-8",
-    )
+    config_file = _write_tiny_config(tmp_path, "tiny-cache", epochs=2)
     teacher_run = load_config(config_file, ["model.integration=init_frz"])
     linear_run = load_config(config_file, ["model.integration=linear"])
     cache: dict[str, PretrainResult] = {}

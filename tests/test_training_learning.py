@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,16 +20,6 @@ from cadc_ray.training import (
     train_mf_epoch,
     train_two_tower_epoch,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Intra-op threads thrash on a loaded 2-core machine (measured 135 s vs 0.5 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 NUM_USERS = 300
 NUM_ITEMS = 120

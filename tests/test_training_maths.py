@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -32,15 +31,6 @@ from cadc_ray.training import (
     train_mf_epoch,
     train_two_tower_epoch,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Intra-op threads thrash on a loaded 2-core machine (measured 135 s vs 0.5 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_uniform_sampler_shape_range_and_seed() -> None:
