@@ -372,20 +372,41 @@ def read_ml100k(config: DataConfig, path: Path) -> NormalizedData:
     """MovieLens-100K folder: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``)."""
     folder = path if path.is_dir() else path.parent
     data_file = path if path.is_file() else folder / "u.data"
-    columns = read_integer_columns(
-        data_file, "\t", ("user", "item", "rating", "timestamp"), non_negative=("user", "item")
+    names = ("user", "item", "rating", "timestamp")
+    columns = read_integer_columns(data_file, "\t", names, non_negative=("user", "item"))
+    return _movielens_data(
+        config,
+        data_file,
+        [columns[name] for name in names],
+        (folder / "u.user", _ml100k_users),
+        (folder / "u.item", _ml100k_items),
     )
+
+
+FeatureFile = tuple[Path, Callable[[Path], tuple[np.ndarray, EntityFeatures]]]
+"""A feature file and its parser (``raw ids (N,), features``)."""
+
+
+def _movielens_data(
+    config: DataConfig,
+    ratings_file: Path,
+    user_item_rating_time: list[np.ndarray],
+    user_feature_file: FeatureFile,
+    item_feature_file: FeatureFile,
+) -> NormalizedData:
+    """The MovieLens readers' shared tail: normalize ids, then align the optional features."""
+    users, items, raw_ratings, raw_times = user_item_rating_time
     user_id, item_id, times, ratings, user_raw, item_raw, dropped = normalize(
-        columns["user"],
-        columns["item"],
-        columns["timestamp"],
-        columns["rating"].astype(np.float32),
+        users,
+        items,
+        raw_times,
+        raw_ratings.astype(np.float32),
         duplicates=config.duplicates,
-        source=str(data_file),
+        source=str(ratings_file),
     )
-    inputs = [data_file]
-    user_features = _optional_features(folder / "u.user", _ml100k_users, user_raw, inputs)
-    item_features = _optional_features(folder / "u.item", _ml100k_items, item_raw, inputs)
+    inputs = [ratings_file]
+    user_features = _optional_features(*user_feature_file, user_raw, inputs)
+    item_features = _optional_features(*item_feature_file, item_raw, inputs)
     return NormalizedData(
         user_id,
         item_id,
@@ -487,35 +508,14 @@ def read_ml1m(config: DataConfig, path: Path) -> NormalizedData:
     ids only), ``movies.dat`` (ISO-8859-1)."""
     ratings_file = find_ratings_file(path)
     folder = ratings_file.parent
-    columns = read_integer_columns(
+    names = ("UserID", "MovieID", "Rating", "Timestamp")
+    columns = read_integer_columns(ratings_file, "::", names, non_negative=("UserID", "MovieID"))
+    return _movielens_data(
+        config,
         ratings_file,
-        "::",
-        ("UserID", "MovieID", "Rating", "Timestamp"),
-        non_negative=("UserID", "MovieID"),
-    )
-    user_id, item_id, times, ratings, user_raw, item_raw, dropped = normalize(
-        columns["UserID"],
-        columns["MovieID"],
-        columns["Timestamp"],
-        columns["Rating"].astype(np.float32),
-        duplicates=config.duplicates,
-        source=str(ratings_file),
-    )
-    inputs = [ratings_file]
-    user_features = _optional_features(folder / "users.dat", _ml1m_users, user_raw, inputs)
-    item_features = _optional_features(folder / "movies.dat", _ml1m_items, item_raw, inputs)
-    return NormalizedData(
-        user_id,
-        item_id,
-        times,
-        ratings,
-        True,
-        user_raw,
-        item_raw,
-        user_features,
-        item_features,
-        tuple(inputs),
-        dropped,
+        [columns[name] for name in names],
+        (folder / "users.dat", _ml1m_users),
+        (folder / "movies.dat", _ml1m_items),
     )
 
 
