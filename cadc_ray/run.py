@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cadc_ray.atomic import write_text_atomic
-from cadc_ray.config import ConfigError, ExperimentConfig, load_config, to_dict
+from cadc_ray.config import ConfigError, EvalConfig, ExperimentConfig, load_config, to_dict
 from cadc_ray.methods import METHODS, resolved_integration
 
 if TYPE_CHECKING:
+    from cadc_ray.data import HeldOutSets
+    from cadc_ray.models import PretrainedTables
     from cadc_ray.runtime.pretrain import PretrainResult
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,34 @@ def _percent(metrics: dict[str, float]) -> dict[str, float]:
     return {name: round(100.0 * value, 4) for name, value in metrics.items()}
 
 
+def teacher_metrics(
+    tables: PretrainedTables, held_out: HeldOutSets, eval_config: EvalConfig
+) -> dict[str, dict[str, float]] | None:
+    """The pretrained teacher's own val / test metrics (fractions), ranked exactly as the
+    TTNN is (same masks, same ks); None when the tables cannot score (CADC-MLP)."""
+    from cadc_ray.evaluation import evaluate_full_ranking
+    from cadc_ray.models.pretrained import teacher_scorer
+
+    scorer = teacher_scorer(tables)
+    if scorer is None:
+        return None
+    ks, batch = eval_config.ks, eval_config.user_batch_size
+    return {
+        "val": evaluate_full_ranking(
+            scorer, held_out.val_users, held_out.val_items, held_out.known, ks, batch
+        ),
+        "test": evaluate_full_ranking(
+            scorer,
+            held_out.test_users,
+            held_out.test_items,
+            held_out.known,
+            ks,
+            batch,
+            extra_mask_items=held_out.test_extra_mask,
+        ),
+    }
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -69,7 +99,7 @@ def run_experiment(
     A reused teacher's ``pretrain_seconds`` is the time it took when it was trained, and
     ``pretrain_reused`` says so.
     """
-    from cadc_ray.data import Manifest, materialize_split, prepare_dataset
+    from cadc_ray.data import Manifest, materialize_split, prepare_dataset, read_held_out
     from cadc_ray.runtime.checkpoint import software_versions
     from cadc_ray.runtime.pretrain import fit_pretrain
     from cadc_ray.runtime.session import init_ray, resolve_use_gpu
@@ -98,6 +128,7 @@ def run_experiment(
         split = materialize_split(prepared)
         split_seconds = time.perf_counter() - split_started
         pretrain_result = None
+        teacher: dict[str, dict[str, float]] | None = None
         pretrain_reused = False
         pretrained_refs: list[ray.ObjectRef] | None = None
         if spec.pretrainer is not None:
@@ -116,6 +147,11 @@ def run_experiment(
                 )
                 if pretrain_cache is not None and key is not None:
                     pretrain_cache[key] = pretrain_result
+            teacher = teacher_metrics(
+                pretrain_result.tables,
+                read_held_out(split, manifest.num_users, manifest.num_items),
+                config.eval,
+            )
             # Wrapped in a list: a bare top-level ref would be resolved by value (RAY_NOTES).
             pretrained_refs = [ray.put(pretrain_result.tables)]
         sample_started = time.perf_counter()
@@ -155,6 +191,9 @@ def run_experiment(
         "pretrain_loop_seconds": pretrain_result.loop_seconds if pretrain_result else 0.0,
         "pretrain_epochs": pretrain_result.epochs if pretrain_result else 0,
         "pretrain_reused": pretrain_reused,
+        # The teacher's own HR/NDCG (None: no teacher, or CADC-MLP's unexported MLP).
+        "teacher_test_percent": _percent(teacher["test"]) if teacher else None,
+        "teacher_val_percent": _percent(teacher["val"]) if teacher else None,
         "train_seconds": ttnn.seconds,
         "train_loop_seconds": ttnn.loop_seconds,
         "prepare_seconds": round(prepare_seconds, 3),  # 0-ish when the prepared dir is reused
@@ -198,6 +237,11 @@ def summary(results: dict[str, Any]) -> str:
         f"  time: pretrain {results['pretrain_seconds']:.1f}s + TTNN {results['train_seconds']:.1f}s "
         f"(total {results['total_seconds']:.1f}s)",
     ]
+    if results.get("teacher_test_percent"):
+        teacher = ", ".join(
+            f"{k} {v:.2f}%" for k, v in sorted(results["teacher_test_percent"].items())
+        )
+        lines.append(f"  teacher ({results['pretrainer']}) on its own, test: {teacher}")
     if "time_order" in results:
         lines.append(f"  note: {results['time_order']}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from cadc_ray.config import DataConfig, SyntheticConfig
 from cadc_ray.data import (
+    DataError,
     Manifest,
     SplitPaths,
     known_positives,
@@ -20,6 +22,7 @@ from cadc_ray.data import (
     materialize_sample,
     materialize_split,
     prepare_dataset,
+    read_held_out,
     read_pairs,
     sample_dataset,
     sample_mask,
@@ -164,3 +167,21 @@ def test_sample_same_rows_for_any_block_layout(prepared_split: tuple[Path, Split
     np.testing.assert_array_equal(np.sort(sampled.column("row_index").to_numpy()), expected)
     assert materialize_sample(split, 4.0, 11) == path  # reused
     assert 0.15 < len(expected) / train.num_rows < 0.35
+
+
+def _write_pairs(path: Path, users: list[int], items: list[int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"user_id": users, "item_id": items}), path)
+
+
+def test_read_held_out_pairs_each_test_user_with_its_validation_item(tmp_path: Path) -> None:
+    split = SplitPaths.under(tmp_path)
+    _write_pairs(split.train_dir / "part-0.parquet", [0, 0, 1, 2], [0, 1, 1, 2])
+    _write_pairs(split.val_path, [0, 2], [2, 0])
+    _write_pairs(split.test_path, [2, 0], [1, 3])
+    held_out = read_held_out(split, num_users=3, num_items=4)
+    np.testing.assert_array_equal(held_out.test_extra_mask, [0, 2])  # user 2's, then user 0's
+    assert held_out.known.toarray().tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    _write_pairs(split.val_path, [0], [2])  # user 2 lost its validation item
+    with pytest.raises(DataError, match=r"test\.parquet: 1 test users .*val\.parquet.*user 2"):
+        read_held_out(split, num_users=3, num_items=4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cadc_ray.models import MatrixFactorization, MLPMatrixFactorization
+from cadc_ray.models import MatrixFactorization, MLPMatrixFactorization, PretrainedTables
+from cadc_ray.models.pretrained import teacher_scorer
 
 
 def test_mf_logit_is_dot_plus_biases() -> None:
@@ -55,3 +56,30 @@ def test_mlp_variant_scores_agree_and_export() -> None:
     assert torch.allclose(model.score_users(torch.tensor([0, 2])), pairwise, atol=1e-6)
     tables = model.export_tables()
     assert tables.pretrainer == "mf_mlp" and tables.width == 3
+
+
+def test_teacher_scorer_ranks_as_the_mf_it_was_exported_from() -> None:
+    model = MatrixFactorization(num_users=2, num_items=3, dim=2)
+    with torch.no_grad():
+        model.user_table.weight.copy_(torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 0.0]]))
+        model.item_table.weight.copy_(
+            torch.tensor([[3.0, 1.0, 0.25], [1.0, 1.0, -1.0], [0.0, 0.0, 0.0]])
+        )
+        model.global_bias.fill_(0.1)
+    scorer = teacher_scorer(model.export_tables())
+    assert scorer is not None
+    # The test above's hand values minus the global bias 0.1 (a shift: same ranks).
+    assert torch.allclose(
+        scorer(torch.tensor([0, 1])), torch.tensor([[5.75, 2.5, 0.5], [-0.75, -2.0, 0.0]])
+    )
+
+
+def test_teacher_scorer_als_is_a_plain_dot_and_mlp_cannot_score() -> None:
+    user = np.array([[1.0, 2.0], [0.0, 1.0]], dtype=np.float32)
+    item = np.array([[1.0, 1.0], [2.0, -1.0], [0.0, 3.0]], dtype=np.float32)
+    scorer = teacher_scorer(PretrainedTables(user, item, "als"))
+    assert scorer is not None
+    assert torch.equal(
+        scorer(torch.tensor([1, 0])), torch.tensor([[1.0, -1.0, 3.0], [3.0, 0.0, 6.0]])
+    )
+    assert teacher_scorer(PretrainedTables(user, item, "mf_mlp")) is None

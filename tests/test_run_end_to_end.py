@@ -33,6 +33,9 @@ REQUIRED_FIELDS = {
     "config",
     "versions",
     "time_order",
+    "pretrain_reused",
+    "teacher_test_percent",
+    "teacher_val_percent",
 }
 
 
@@ -120,6 +123,8 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
     reused = run.run_experiment(linear_run, run_dir=tmp_path / "reused", pretrain_cache=cache)
     assert reused["pretrain_reused"] and len(cache) == 1
     assert reused["pretrain_seconds"] == first["pretrain_seconds"]
+    assert set(first["teacher_test_percent"]) == {"hr@10", "ndcg@10"}
+    assert reused["teacher_test_percent"] == first["teacher_test_percent"]  # one teacher
     fresh = run.run_experiment(linear_run, run_dir=tmp_path / "fresh")
     assert not fresh["pretrain_reused"]
     assert reused["test"] == fresh["test"] and reused["val"] == fresh["val"]

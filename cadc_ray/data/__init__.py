@@ -7,7 +7,7 @@ Ray is imported only inside the functions that need it (``materialize_split``,
 from cadc_ray.data.errors import DataError
 from cadc_ray.data.features import EntityFeatures
 from cadc_ray.data.layout import FeatureSpec, Manifest, load_entity_features, load_id_map
-from cadc_ray.data.pairs import known_positives, read_pairs
+from cadc_ray.data.pairs import HeldOutSets, known_positives, read_held_out, read_pairs
 from cadc_ray.data.prepare import prepare_dataset
 from cadc_ray.data.sampling import materialize_sample, sample_dataset, sample_mask
 from cadc_ray.data.split import SplitPaths, leave_last_two_out_roles, materialize_split
@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "EntityFeatures",
     "FeatureSpec",
+    "HeldOutSets",
     "Manifest",
     "SplitPaths",
     "known_positives",
@@ -25,6 +26,7 @@ __all__ = [
     "materialize_sample",
     "materialize_split",
     "prepare_dataset",
+    "read_held_out",
     "read_pairs",
     "sample_dataset",
     "sample_mask",

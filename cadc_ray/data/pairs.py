@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,38 @@ def known_positives(split: SplitPaths, num_users: int, num_items: int) -> sp.csr
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
+
+
+@dataclass(frozen=True)
+class HeldOutSets:
+    """What full-ranking evaluation needs (METHOD 1.5): the held-out pairs and the masks."""
+
+    val_users: np.ndarray  # (V,) int64
+    val_items: np.ndarray  # (V,) int64
+    test_users: np.ndarray  # (T,) int64
+    test_items: np.ndarray  # (T,) int64
+    known: sp.csr_matrix  # (num_users, num_items) D_full positives, masked when ranking
+    test_extra_mask: np.ndarray  # (T,) each test user's validation item, masked when testing
+
+
+def read_held_out(split: SplitPaths, num_users: int, num_items: int) -> HeldOutSets:
+    """Validation and test pairs of a split plus the masks that ranking them needs."""
+    val_users, val_items = read_pairs(split.val_path)
+    test_users, test_items = read_pairs(split.test_path)
+    val_item_of_user = np.full(num_users, -1, dtype=np.int64)
+    val_item_of_user[val_users] = val_items
+    test_extra_mask = val_item_of_user[test_users]
+    if (test_extra_mask < 0).any():
+        missing = test_users[test_extra_mask < 0]
+        raise DataError(
+            f"{split.test_path}: {missing.size} test users have no validation item in "
+            f"{split.val_path} (e.g. user {missing[0]}): leave-last-two-out gives each both"
+        )
+    return HeldOutSets(
+        val_users=val_users,
+        val_items=val_items,
+        test_users=test_users,
+        test_items=test_items,
+        known=known_positives(split, num_users, num_items),
+        test_extra_mask=test_extra_mask,
+    )

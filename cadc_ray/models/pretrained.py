@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -29,3 +31,30 @@ class PretrainedTables:
     @property
     def width(self) -> int:
         return int(self.user.shape[1])
+
+
+def teacher_scorer(tables: PretrainedTables) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The teacher's own ranking score, ``users (B,) -> (B, num_items)``, from its tables.
+
+    ``mf``: ``u[:d].v[:d] + u[d] + v[d]`` (METHOD 1.2 without the global bias, which moves
+    every item's score equally and so no rank); ``als``: ``u.v``. ``mf_mlp``: None, its
+    interaction MLP is not part of the tables. Measures how much the TTNN has to recover.
+    """
+    if tables.pretrainer == "mf_mlp":
+        return None
+    user = torch.from_numpy(np.array(tables.user, dtype=np.float32))  # a writable copy
+    item = torch.from_numpy(np.array(tables.item, dtype=np.float32))
+    if tables.pretrainer == "als":
+
+        def score_als(users: torch.Tensor) -> torch.Tensor:
+            return user[users.cpu()] @ item.T
+
+        return score_als
+    if tables.pretrainer != "mf":
+        raise ValueError(f"unknown pretrainer {tables.pretrainer!r}")
+
+    def score_mf(users: torch.Tensor) -> torch.Tensor:
+        rows = user[users.cpu()]  # (B, d+1)
+        return rows[:, :-1] @ item[:, :-1].T + rows[:, -1:] + item[:, -1]
+
+    return score_mf
