@@ -9,7 +9,9 @@ batch order, TTNN initialisation; the data sample stays ``data.sample_seed``) an
 table reports mean and standard deviation: on ~1,000-3,000 evaluated users one seed's
 HR@10 moves by about a point, as much as some of the differences being measured.
 Runs that share a teacher (same dataset, pretrainer, ``pretrain.*`` and seed: CADC and
-all of Table 2) train it once (``run_experiment(pretrain_cache=...)``).
+all of Table 2) train it once (``run_experiment(pretrain_cache=...)``). ``--resume``
+after an interruption loads the runs that finished (their ``results.json`` holds the
+same config) and runs the rest.
 
 Writes a JSON file (every run's results.json payload, minus the per-epoch history) and
 a Markdown table next to it (same name, ``.md``), both atomically. Numbers are
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cadc_ray.atomic import write_text_atomic
-from cadc_ray.config import MethodName, load_config, replace_dotted
+from cadc_ray.config import ExperimentConfig, MethodName, load_config, replace_dotted, to_dict
 from cadc_ray.methods import METHODS
 
 TABLE1_METHODS: tuple[MethodName, ...] = (
@@ -97,6 +99,18 @@ def markdown_tables(runs: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def finished_result(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The run's ``results.json`` if an earlier invocation finished this exact config."""
+    from cadc_ray.run import RESULTS_FILE, default_run_dir
+
+    path = default_run_dir(config) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    same_config = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, as stored
+    return result if result.get("config") == same_config else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="base experiment YAML (dataset, hyperparameters)")
@@ -111,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         help="experiment seeds to repeat every row with (default: the config's seed)",
     )
     parser.add_argument("--output", type=Path, required=True, help="JSON results file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="load every run whose <output_root>/<name>/results.json holds the same config "
+        "(e.g. after an interruption) and run only the others",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -152,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for table, label, config in planned:
             print(f"[table {table}] {label} seed {config.seed} ...", flush=True)
-            result = run_experiment(config, pretrain_cache=pretrain_cache)
+            result = finished_result(config) if args.resume else None
+            if result is None:
+                result = run_experiment(config, pretrain_cache=pretrain_cache)
+            else:
+                print("  loaded from its results.json (--resume)", flush=True)
             slim = {key: value for key, value in result.items() if key not in DROPPED_KEYS}
             runs.append({"table": table, "label": label, "seed": config.seed, "result": slim})
             print(f"  test {result['test_percent']}  ({result['total_seconds']:.0f}s)", flush=True)
@@ -170,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),  # this invocation only
+        "resumed": bool(args.resume),
         "runs": runs,
     }
     write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")

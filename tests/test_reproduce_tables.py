@@ -68,3 +68,19 @@ def test_tables_group_runs_by_label_across_seeds(tables: ModuleType) -> None:
     assert len(gs) == 1 and gs[0].startswith("| GS | 11.00 ± 1.41 |")
     assert len(linear) == 1 and linear[0].startswith("| linear | 8.50 ± 0.71 |")
     assert lines.index("Table 1") < lines.index(gs[0]) < lines.index("Table 2")
+
+
+def test_resume_loads_only_a_finished_run_of_the_same_config(
+    tables: ModuleType, tmp_path: Path
+) -> None:
+    from cadc_ray.config import load_config, to_dict
+    from cadc_ray.run import write_json_atomic
+
+    config = load_config(None, [f"output_root={tmp_path}", "name=t1-cadc-seed0"])
+    assert tables.finished_result(config) is None  # nothing ran yet
+    stored = {"config": to_dict(config), "test_percent": {"hr@10": 9.26}}
+    write_json_atomic(tmp_path / "t1-cadc-seed0" / "results.json", stored)
+    loaded = tables.finished_result(config)
+    assert loaded is not None and loaded["test_percent"] == {"hr@10": 9.26}
+    other_seed = load_config(None, [f"output_root={tmp_path}", "name=t1-cadc-seed0", "seed=1"])
+    assert tables.finished_result(other_seed) is None  # same folder, another config: rerun
