@@ -52,7 +52,9 @@ def test_contract_and_parameter_counts(technique: IntegrationName) -> None:
     output = module(ids)
     assert output.shape == (4, WIDTH)
     assert module.embedding_dim == WIDTH
-    assert torch.equal(output[1], output[2])
+    # Same id, same row. Adapters (linear, mlp) run a matmul whose kernel may tile rows
+    # differently by position (seen on an AMD EPYC host): equal up to the last bits only.
+    torch.testing.assert_close(output[1], output[2], rtol=1e-6, atol=1e-6)
     assert count_parameters(module) == EXPECTED_COUNTS[technique]
 
 
