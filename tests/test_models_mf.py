@@ -9,7 +9,8 @@ from cadc_ray.models import MatrixFactorization, MLPMatrixFactorization, Pretrai
 from cadc_ray.models.pretrained import teacher_scorer
 
 
-def test_mf_logit_is_dot_plus_biases() -> None:
+def _hand_built_mf() -> MatrixFactorization:
+    """2 users x 3 items, d = 2, rows ``[factors; bias]``, global bias 0.1."""
     model = MatrixFactorization(num_users=2, num_items=3, dim=2)
     with torch.no_grad():
         model.user_table.weight.copy_(torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 0.0]]))
@@ -17,6 +18,11 @@ def test_mf_logit_is_dot_plus_biases() -> None:
             torch.tensor([[3.0, 1.0, 0.25], [1.0, 1.0, -1.0], [0.0, 0.0, 0.0]])
         )
         model.global_bias.fill_(0.1)
+    return model
+
+
+def test_mf_logit_is_dot_plus_biases() -> None:
+    model = _hand_built_mf()
     logits = model(torch.tensor([0, 1, 0]), torch.tensor([0, 1, 2]))
     # user0.item0: 1*3 + 2*1 + 0.5 + 0.25 + 0.1 ; user1.item1: -1 + 0 - 1 + 0.1 ; user0.item2: 0.5 + 0.1
     assert torch.allclose(logits, torch.tensor([5.85, -1.9, 0.6]))
@@ -59,13 +65,7 @@ def test_mlp_variant_scores_agree_and_export() -> None:
 
 
 def test_teacher_scorer_ranks_as_the_mf_it_was_exported_from() -> None:
-    model = MatrixFactorization(num_users=2, num_items=3, dim=2)
-    with torch.no_grad():
-        model.user_table.weight.copy_(torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 0.0]]))
-        model.item_table.weight.copy_(
-            torch.tensor([[3.0, 1.0, 0.25], [1.0, 1.0, -1.0], [0.0, 0.0, 0.0]])
-        )
-        model.global_bias.fill_(0.1)
+    model = _hand_built_mf()
     scorer = teacher_scorer(model.export_tables())
     assert scorer is not None
     # The test above's hand values minus the global bias 0.1 (a shift: same ranks).
