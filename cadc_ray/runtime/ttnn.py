@@ -125,7 +125,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     from cadc_ray.baselines import item_log_frequency, rebalance
-    from cadc_ray.data import known_positives, load_entity_features, read_pairs
+    from cadc_ray.data import load_entity_features, read_held_out
     from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
     from cadc_ray.methods import METHODS, resolved_integration
     from cadc_ray.models import build_two_tower, count_parameters
@@ -184,15 +184,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     )
 
     # --- evaluation data (plain pyarrow; paths must be reachable from every node) ---
-    val_users, val_items = read_pairs(split.val_path)
-    test_users, test_items = read_pairs(split.test_path)
-    known = known_positives(split, num_users, num_items)
-    # Testing masks each user's validation item too (METHOD 1.5).
-    val_item_of_user = np.full(num_users, -1, dtype=np.int64)
-    val_item_of_user[val_users] = val_items
-    test_extra_mask = val_item_of_user[test_users]
-    if (test_extra_mask < 0).any():
-        raise ValueError("every test user must have a validation item (leave-last-two-out)")
+    held_out = read_held_out(split, num_users, num_items)  # testing masks the val item too
 
     # --- model ---
     pretrained = None
@@ -231,7 +223,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 base.ranking_scorer(),
                 mine,
                 heldout_items[rank_slice],
-                known,
+                held_out.known,
                 ks,
                 config.eval.user_batch_size,
                 extra_mask_items=None if extra_mask is None else extra_mask[rank_slice],
@@ -292,7 +284,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
         evaluated = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
         if evaluated:
-            last_val = evaluate(val_users, val_items, None)
+            last_val = evaluate(held_out.val_users, held_out.val_items, None)
             if stopper.update(epoch + 1, last_val[selection]):
                 best_val = dict(last_val)
                 best_state = copy.deepcopy(base.state_dict())
@@ -348,7 +340,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     # --- test at the best epoch ---
     if best_state:
         base.load_state_dict(best_state)
-    test = evaluate(test_users, test_items, test_extra_mask)
+    test = evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask)
     if worker.rank != 0:
         return None
     return {
