@@ -76,16 +76,27 @@ class InterruptAfterFirstTrial(tune.Callback):
     run_sweep forwards it to Tune's SIGINT handler, which saves the experiment state
     (the CLI test in test_fault_tolerance.py covers SIGINT itself).
 
-    The marker file keeps it from firing again after ``Tuner.restore`` (which restores
-    the callbacks the sweep started with).
+    The marker files keep it from firing again after ``Tuner.restore`` (which restores
+    the callbacks as they were pickled when the sweep started).
     """
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
+        self.sent_marker = marker.with_suffix(".sent")  # files, not attributes: see above
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if not self.marker.exists():
             self.marker.write_text(trial.trial_id)
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        # Interrupt once Tune itself holds the first trial as TERMINATED: on_trial_complete
+        # fires before the controller sets that status, and an interrupt in between saves
+        # the trial as RUNNING, so --resume rightly runs it again (seen once in 6 runs).
+        if not self.marker.exists() or self.sent_marker.exists():
+            return
+        first = self.marker.read_text()
+        if any(t.trial_id == first and t.status == "TERMINATED" for t in trials):
+            self.sent_marker.write_text(first)
             os.kill(os.getpid(), signal.SIGTERM)
 
 
