@@ -91,7 +91,7 @@ class InterruptAfterFirstTrial(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         # Interrupt once Tune itself holds the first trial as TERMINATED: on_trial_complete
         # fires before the controller sets that status, and an interrupt in between saves
-        # the trial as RUNNING, so --resume rightly runs it again (seen once in 6 runs).
+        # the trial as RUNNING, so --resume rightly runs it again (seen once, 2026-11-29).
         if not self.marker.exists() or self.sent_marker.exists():
             return
         first = self.marker.read_text()
