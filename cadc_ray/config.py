@@ -19,15 +19,19 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-DatasetName = Literal["synthetic", "ml-100k", "ml-1m", "ml-10m", "epinions", "generic"]
-MethodName = Literal[
-    "cadc", "cadc_mlp", "cadc_als", "random", "over_sampling", "under_sampling", "logq", "gs"
-]
-IntegrationName = Literal["auto", "init_frz", "init", "hybrid", "linear", "mlp", "none"]
-PretrainerName = Literal["mf", "mf_mlp", "als"]
-NegativeSamplerName = Literal["uniform", "popularity"]
-AlternationName = Literal["epoch", "batch", "none"]
-DuplicateRule = Literal["keep_last", "keep_first", "error"]
+from cadc_ray.methods import METHODS, resolved_integration
+from cadc_ray.names import (  # the closed name sets, one per plug-in axis
+    AlternationName,
+    DatasetName,
+    DuplicateRule,
+    IdTableKind,
+    IntegrationName,
+    MethodName,
+    NegativeSamplerName,
+    PretrainerName,  # noqa: F401 (re-exported, like every name set)
+    QROperation,
+    TableCombine,
+)
 
 DATA_DIR_ENV = "CADC_DATA_DIR"
 """Environment variable holding the folder of raw datasets (e.g. ``../shared/data``)."""
@@ -98,7 +102,48 @@ class PretrainConfig:
     als_iterations: int = 15
     als_regularization: float = 0.01
     als_alpha: float = 1.0
+    # calibrated: d factors + zero bias column, Platt-scaled to a BCE logit (pretrain.als);
+    # raw: d+1 raw factors, the export before issue #14 (to measure what calibration changes).
+    als_export: Literal["calibrated", "raw"] = "calibrated"
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class IdTableConfig:
+    """One entity's id table: full, or compressed (METHOD 2; docs/compression.md).
+
+    The target size is a memory budget: ``fraction`` of the full table's ``num_ids * D``
+    floats, or ``rows`` rows of ``D`` floats (when set, it wins over ``fraction``).
+    """
+
+    kind: IdTableKind = "full"
+    fraction: float = 1.0
+    rows: int | None = None
+    min_rows: int = 0  # a table with fewer ids than this stays full
+    qr_op: QROperation = "mult"  # how the quotient and remainder rows combine
+    robe_chunk: int = 32  # ROBE-Z: Z, the contiguous elements read per hash
+    private_share: float = 0.5  # double hashing: share of the rows kept by the top ids
+    teacher_dim: int = 2  # learned hash: teacher dimensions = internal tables
+    combine: TableCombine = "sum"  # learned hash: how internal tables combine
+    size_cap: float = 2.0  # learned hash: largest cluster, in multiples of the mean size
+    init_steps: int = 200  # `init`: Adam steps fitting the compressed table to the MF rows
+    # `init_frz` + learned_hash: a trainable hashed residual of this fraction (0: none).
+    residual_fraction: float = 0.0
+    seed: int = 0  # hash functions
+
+
+@dataclass(frozen=True)
+class IdTablesConfig:
+    """``default`` applies to both entities unless ``user`` / ``item`` is given."""
+
+    default: IdTableConfig = field(default_factory=IdTableConfig)
+    user: IdTableConfig | None = None
+    item: IdTableConfig | None = None
+
+    def for_entity(self, entity: str) -> IdTableConfig:
+        """The table config of ``entity`` ("user" or "item")."""
+        specific = self.user if entity == "user" else self.item
+        return specific if specific is not None else self.default
 
 
 @dataclass(frozen=True)
@@ -113,6 +158,7 @@ class ModelConfig:
     adapter_hidden: int = 128  # the `mlp` integration technique's hidden width
     use_features: bool = True
     dedup: bool = True  # RecD: run towers once per unique id in a batch
+    id_table: IdTablesConfig = field(default_factory=IdTablesConfig)  # compression, METHOD 2
 
 
 @dataclass(frozen=True)
@@ -149,6 +195,8 @@ class ExperimentConfig:
     name: str = "experiment"
     method: MethodName = "cadc"
     seed: int = 0
+    # Relative paths here and in data.path / data.prepared_dir are relative to the working
+    # directory of the command; load_config makes them absolute (see absolute_paths).
     output_root: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -313,7 +361,35 @@ def load_config(
         source += " with --set " + ", ".join(text for text in overrides)
     config = from_dict(ExperimentConfig, apply_overrides(raw, parsed), source)
     validate(config, source)
-    return config
+    return absolute_paths(config)
+
+
+def local_path(path: str, cwd: Path | None = None) -> str:
+    """``path`` with ``$VARS`` and ``~`` expanded, made absolute against ``cwd`` (default:
+    the working directory of the command).
+
+    Train workers, Ray tasks and Tune trials do not run in the driver's working directory:
+    a relative path handed to them names another place, or nothing. So every path is made
+    absolute once, in the driver, when the config is loaded.
+    """
+    expanded = Path(os.path.expandvars(path)).expanduser()
+    if not expanded.is_absolute():
+        expanded = (cwd if cwd is not None else Path.cwd()) / expanded
+    return str(Path(os.path.normpath(expanded)))
+
+
+def absolute_paths(config: ExperimentConfig, cwd: Path | None = None) -> ExperimentConfig:
+    """``config`` with ``output_root``, ``data.path`` and ``data.prepared_dir`` absolute
+    (relative ones are relative to ``cwd``, default the working directory). Idempotent."""
+    data = config.data
+    new_data = dataclasses.replace(
+        data,
+        path=local_path(data.path, cwd) if data.path is not None else None,
+        prepared_dir=local_path(data.prepared_dir, cwd) if data.prepared_dir is not None else None,
+    )
+    return dataclasses.replace(
+        config, output_root=local_path(config.output_root, cwd), data=new_data
+    )
 
 
 def replace_dotted(config: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
@@ -321,7 +397,7 @@ def replace_dotted(config: ExperimentConfig, values: Mapping[str, Any]) -> Exper
     raw = apply_overrides(to_dict(config), values)
     result = from_dict(ExperimentConfig, raw, "<override>")
     validate(result, "<override>")
-    return result
+    return absolute_paths(result)
 
 
 def validate(config: ExperimentConfig, source: str) -> None:
@@ -377,8 +453,6 @@ def validate(config: ExperimentConfig, source: str) -> None:
             f"must be hr@k or ndcg@k with k in eval.ks {list(config.eval.ks)}, "
             f"got {config.eval.selection_metric!r}",
         )
-    from cadc_ray.methods import METHODS  # local: methods imports config
-
     spec = METHODS[config.method]
     integration = config.model.integration
     if spec.pretrainer is None and integration not in ("auto", "none"):
@@ -389,6 +463,13 @@ def validate(config: ExperimentConfig, source: str) -> None:
         )
     if spec.pretrainer is not None and integration == "none":
         fail("model.integration", f"method {config.method!r} pretrains; 'none' would discard it")
+    if integration == "residual" and spec.pretrainer == "mf_mlp":
+        fail(
+            "model.integration",
+            f"'residual' adds the teacher's own score, and the teacher of method "
+            f"{config.method!r} (mf_mlp) scores through an interaction MLP that is not "
+            "exported with its rows; use cadc or cadc_als",
+        )
     if (
         spec.pretrainer is not None
         and config.model.embedding_dim != config.pretrain.embedding_dim + 1
@@ -400,3 +481,66 @@ def validate(config: ExperimentConfig, source: str) -> None:
         )
     if integration == "hybrid" and config.model.embedding_dim < 3:
         fail("model.embedding_dim", "hybrid integration needs at least 3 dimensions")
+    _validate_id_tables(config, fail)
+
+
+COMPRESSIBLE_INTEGRATIONS = ("none", "init")
+"""Integrations whose id table is trainable, so a compressed table can stand in for it."""
+
+FROZEN_COMPRESSIBLE: dict[str, tuple[str, ...]] = {"init_frz": ("learned_hash",)}
+"""Frozen integrations with a compressed form: ``init_frz`` serves per-cluster mean rows."""
+
+
+def _validate_id_tables(
+    config: ExperimentConfig, fail: typing.Callable[[str, str], typing.NoReturn]
+) -> None:
+    """Checks each entity's ``model.id_table`` against the method and the integration."""
+    tables = config.model.id_table
+    integration = resolved_integration(config.method, config.model.integration)
+    dim = config.model.embedding_dim
+    for entity in ("user", "item"):
+        table = tables.for_entity(entity)
+        path = f"model.id_table.{entity if getattr(tables, entity) else 'default'}"
+        if table.kind == "full":
+            continue
+        if table.rows is not None and table.rows < 1:
+            fail(f"{path}.rows", f"must be >= 1, got {table.rows}")
+        if not 0 < table.fraction <= 1:
+            fail(f"{path}.fraction", f"must lie in (0, 1], got {table.fraction}")
+        if table.min_rows < 0:
+            fail(f"{path}.min_rows", f"must be >= 0, got {table.min_rows}")
+        if table.init_steps < 0:
+            fail(f"{path}.init_steps", f"must be >= 0, got {table.init_steps}")
+        if table.kind == "robe" and not 1 <= table.robe_chunk <= dim:
+            fail(f"{path}.robe_chunk", f"must lie in [1, model.embedding_dim={dim}]")
+        if table.kind == "double_hash" and not 0 <= table.private_share < 1:
+            fail(f"{path}.private_share", f"must lie in [0, 1), got {table.private_share}")
+        if table.kind == "learned_hash" and table.size_cap < 1:
+            fail(f"{path}.size_cap", f"must be >= 1 (mean cluster sizes), got {table.size_cap}")
+        if table.kind == "qr" and table.qr_op == "concat" and dim < 2:
+            fail(f"{path}.qr_op", "concat needs model.embedding_dim >= 2")
+        if table.kind == "learned_hash":
+            if not 1 <= table.teacher_dim <= dim:
+                fail(f"{path}.teacher_dim", f"must lie in [1, model.embedding_dim={dim}]")
+            if METHODS[config.method].pretrainer is None:
+                fail(
+                    f"{path}.kind",
+                    f"learned_hash clusters ids by the pretrained MF (its teacher); method "
+                    f"{config.method!r} pretrains nothing: use cadc / cadc_als with "
+                    "integration 'init'",
+                )
+            if table.teacher_dim > config.pretrain.embedding_dim + 1:
+                fail(f"{path}.teacher_dim", "must not exceed the pretrained width")
+        if not 0 <= table.residual_fraction <= 1:
+            fail(f"{path}.residual_fraction", f"must lie in [0, 1], got {table.residual_fraction}")
+        if table.residual_fraction > 0 and integration != "init_frz":
+            fail(f"{path}.residual_fraction", "is for the frozen (init_frz) learned hash only")
+        frozen_kinds = FROZEN_COMPRESSIBLE.get(integration, ())
+        if integration not in COMPRESSIBLE_INTEGRATIONS and table.kind not in frozen_kinds:
+            fail(
+                f"{path}.kind",
+                f"a compressed id table ({table.kind!r}) replaces a trainable table; "
+                f"integration {integration!r} keeps the pretrained table (frozen), so only "
+                f"{list(COMPRESSIBLE_INTEGRATIONS)} compose with it (and init_frz with "
+                "learned_hash: frozen per-cluster means)",
+            )

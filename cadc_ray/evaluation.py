@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import scipy.sparse
@@ -26,6 +27,28 @@ logger = logging.getLogger(__name__)
 
 ScoreUsers = Callable[[torch.Tensor], torch.Tensor]
 """users (B,) int64 -> scores (B, num_items); higher is better."""
+
+
+@runtime_checkable
+class KnownRows(Protocol):
+    """Known positives readable by rows (``data.known.KnownPositives``: memory-mapped)."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def rows(self, users: np.ndarray) -> scipy.sparse.csr_matrix:
+        """users (B,) -> their rows, (B, num_items) CSR."""
+        ...
+
+
+KnownPositivesLike: TypeAlias = scipy.sparse.csr_matrix | KnownRows
+"""A (num_users, num_items) CSR in memory, or an index that reads only the rows asked for."""
+
+
+def _known_rows(known: KnownPositivesLike, users: np.ndarray) -> scipy.sparse.csr_matrix:
+    if isinstance(known, KnownRows):
+        return known.rows(users)
+    return scipy.sparse.csr_matrix(known[users])
 
 
 @dataclass
@@ -82,7 +105,7 @@ class FullRankingSums:
 def _validate(
     users: np.ndarray,
     heldout_items: np.ndarray,
-    known_positives: scipy.sparse.csr_matrix,
+    known_positives: KnownPositivesLike,
     ks: Sequence[int],
     user_batch_size: int,
     extra_mask_items: np.ndarray | None,
@@ -160,7 +183,7 @@ def full_ranking_sums(
     score_users: ScoreUsers,
     users: np.ndarray,
     heldout_items: np.ndarray,
-    known_positives: scipy.sparse.csr_matrix,
+    known_positives: KnownPositivesLike,
     ks: Sequence[int],
     user_batch_size: int,
     extra_mask_items: np.ndarray | None = None,
@@ -171,20 +194,23 @@ def full_ranking_sums(
     heldout_items = np.asarray(heldout_items, dtype=np.int64)
     extra = None if extra_mask_items is None else np.asarray(extra_mask_items, dtype=np.int64)
     ks = tuple(int(k) for k in ks)
-    known_positives = scipy.sparse.csr_matrix(known_positives)
+    if not isinstance(known_positives, KnownRows):
+        known_positives = scipy.sparse.csr_matrix(known_positives)
     _validate(users, heldout_items, known_positives, ks, user_batch_size, extra)
     sums = FullRankingSums(ks=ks, hit_sums=dict.fromkeys(ks, 0.0), ndcg_sums=dict.fromkeys(ks, 0.0))
     num_items = known_positives.shape[1]
     for start in range(0, users.size, user_batch_size):
         batch_users = users[start : start + user_batch_size]
-        rows = known_positives[batch_users]  # (B, I) sparse
+        rows = _known_rows(known_positives, batch_users)  # (B, I) sparse, only these users
         mask_rows = np.repeat(np.arange(batch_users.size), np.diff(rows.indptr))
         mask_columns = rows.indices.astype(np.int64)
         if extra is not None:
             mask_rows = np.concatenate([mask_rows, np.arange(batch_users.size)])
             mask_columns = np.concatenate([mask_columns, extra[start : start + user_batch_size]])
         with torch.no_grad():
-            scores = score_users(torch.from_numpy(batch_users).to(device or "cpu"))
+            # A copy: held-out user ids may be read-only (memory-mapped or object-store arrays).
+            user_ids = torch.from_numpy(np.array(batch_users, dtype=np.int64))
+            scores = score_users(user_ids.to(device or "cpu"))
         if scores.shape != (batch_users.size, num_items):
             raise ValueError(
                 f"score_users returned {tuple(scores.shape)}, expected ({batch_users.size}, {num_items})"
@@ -209,7 +235,7 @@ def evaluate_full_ranking(
     score_users: ScoreUsers,
     users: np.ndarray,
     heldout_items: np.ndarray,
-    known_positives: scipy.sparse.csr_matrix,
+    known_positives: KnownPositivesLike,
     ks: Sequence[int],
     user_batch_size: int,
     extra_mask_items: np.ndarray | None = None,
@@ -219,6 +245,7 @@ def evaluate_full_ranking(
 
     users, heldout_items (N,) int; known_positives (num_users, num_items) CSR of D_full;
     extra_mask_items (N,) the validation items when testing. ``device``: where user ids go.
+    ``known_positives`` may be a ``KnownRows`` index: then only ``users``' rows are read.
     """
     return full_ranking_sums(
         score_users,

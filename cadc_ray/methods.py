@@ -1,4 +1,4 @@
-"""The methods of the paper's Table 1, one entry each (METHOD.md 1.3-1.4).
+"""The methods of the paper's Table 1, one entry each (METHOD 1.3-1.4, docs/method_notes.md).
 
 A method says which pretrainer (if any) feeds the two-tower network, which
 training data it sees (the uniform sample ``D_sub`` or all of ``D_full``), how
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from cadc_ray.config import IntegrationName, MethodName, PretrainerName
+from cadc_ray.names import IntegrationName, MethodName, PretrainerName
 
 Rebalance = Literal["none", "over_sampling", "under_sampling"]
 

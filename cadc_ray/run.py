@@ -21,8 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cadc_ray.atomic import write_text_atomic
-from cadc_ray.config import ConfigError, EvalConfig, ExperimentConfig, load_config, to_dict
+from cadc_ray.config import (
+    ConfigError,
+    EvalConfig,
+    ExperimentConfig,
+    absolute_paths,
+    load_config,
+    local_path,
+    to_dict,
+)
+from cadc_ray.console import setup_console
 from cadc_ray.methods import METHODS, resolved_integration
+from cadc_ray.pretrain_key import pretrain_key
 
 if TYPE_CHECKING:
     from cadc_ray.data import HeldOutSets
@@ -93,7 +103,7 @@ def run_experiment(
     started. Metrics in ``test`` / ``val`` are fractions in [0, 1]; ``test_percent`` /
     ``val_percent`` repeat them as percentages (the paper's unit).
 
-    ``pretrain_cache`` (optional, owned by the caller) maps ``sweep.space.pretrain_key``
+    ``pretrain_cache`` (optional, owned by the caller) maps ``pretrain_key.pretrain_key``
     to a finished stage 1: runs with the same dataset, pretrainer, ``pretrain.*`` and
     seed then share one teacher, as the sweep does (e.g. the five Table 2 techniques).
     A reused teacher's ``pretrain_seconds`` is the time it took when it was trained, and
@@ -104,8 +114,10 @@ def run_experiment(
     from cadc_ray.runtime.pretrain import fit_pretrain
     from cadc_ray.runtime.session import init_ray, resolve_use_gpu
     from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
-    from cadc_ray.sweep.space import pretrain_key
 
+    # Callers that built the config without load_config may hold relative paths: Train
+    # workers do not run in this working directory.
+    config = absolute_paths(config)
     spec = METHODS[config.method]
     started = time.perf_counter()
     # Plain files, no Ray: bad input fails here, before any cluster resource is taken.
@@ -113,7 +125,7 @@ def run_experiment(
     manifest = Manifest.load(prepared)
     prepare_seconds = time.perf_counter() - started
 
-    folder = run_dir if run_dir is not None else default_run_dir(config)
+    folder = Path(local_path(str(run_dir))) if run_dir is not None else default_run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     storage = (folder / TRAIN_STORAGE_DIR).resolve()
     # A run folder holds one run: stale Train checkpoints would otherwise be resumed.
@@ -152,7 +164,8 @@ def run_experiment(
                 read_held_out(split, manifest.num_users, manifest.num_items),
                 config.eval,
             )
-            # Wrapped in a list: a bare top-level ref would be resolved by value (RAY_NOTES).
+            # Wrapped in a list: a bare top-level ref would be resolved by value and copied
+            # into the workers (docs/ray_notes.md, "Object store").
             pretrained_refs = [ray.put(pretrain_result.tables)]
         sample_started = time.perf_counter()
         inputs = build_ttnn_inputs(config, prepared, split, pretrained=pretrained_refs)
@@ -203,6 +216,8 @@ def run_experiment(
         "train_interactions": ttnn.train_interactions,
         "trainable_parameters": ttnn.trainable_parameters,
         "frozen_parameters": ttnn.frozen_parameters,
+        "model_bytes": ttnn.model_bytes,  # trainable + frozen + lookup tables, and total
+        "id_table_compression": ttnn.id_table_compression,
         "num_users": manifest.num_users,
         "num_items": manifest.num_items,
         "num_workers": config.resources.num_workers,
@@ -270,13 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster to use ('auto' = the one `ray start` launched here; default: "
         "$RAY_ADDRESS, else a new local Ray)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's own progress (Ray Data operators, Train reports) on the console",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit status (2 on a config/data error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_console(verbose=args.verbose)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as error:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cadc_ray.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -224,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(args.workdir / f"synthetic-{size}", ignore_errors=True)
         # Written after every size: an interrupted run keeps what finished.
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        temp = args.output.with_name(f"{args.output.name}.tmp-{os.getpid()}")
-        temp.write_text(json.dumps(results, indent=2), encoding="utf-8")
-        os.replace(temp, args.output)
+        write_text_atomic(args.output, json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
 

@@ -1,12 +1,29 @@
-"""Shared fixtures: one Ray session for the whole test run, the real-data folder."""
+"""Shared fixtures and factories: one Ray session for the whole test run, the real-data
+folder, the tiny sweep specs, the tiny Train stage and the dashboard's HTTP helpers.
+
+Test modules import the plain factories from here (``from conftest import tiny_grid_spec``):
+each returns a fresh object, so a test may change what it gets.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+
+from cadc_ray.config import ExperimentConfig, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +55,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One local Ray for the session (RAY_NOTES: logical CPUs may exceed physical ones).
+    """One local Ray for the session (logical CPUs may exceed physical ones: docs/ray_notes.md).
 
     4 logical CPUs lets a 2-worker Train run keep CPUs free for Ray Data.
     """
@@ -56,7 +73,8 @@ def ray_session() -> Iterator[None]:
             address="local",
             num_cpus=4,
             # The dashboard's state API is what lets Train V2 release placement groups
-            # cleanly when ASHA stops a trial (RAY_NOTES); the monitoring test reads it.
+            # cleanly when ASHA stops a trial (docs/ray_notes.md, "Dashboard"); the
+            # monitoring test reads it.
             # It binds to 127.0.0.1 with token auth on (tests/test_monitoring.py checks).
             include_dashboard=True,
             object_store_memory=300 * 1024 * 1024,
@@ -70,3 +88,161 @@ def ray_session() -> Iterator[None]:
         )
     yield
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny sweep specs (plain mappings, as a spec file holds them)
+
+_TINY_SWEEP_BASE: dict[str, Any] = {
+    "method": "cadc",
+    "pretrain": {"embedding_dim": 7, "epochs": 1},  # pretrained rows: 7 + 1 bias element
+    "model": {"embedding_dim": 8},
+    "train": {"epochs": 1},
+}
+
+_RUNNABLE_SWEEP_BASE: dict[str, Any] = {
+    "method": "cadc",
+    "data": {
+        "dataset": "synthetic",
+        "synthetic": {"num_users": 120, "num_items": 60, "num_interactions": 3000, "latent_dim": 4},
+    },
+    "pretrain": {"embedding_dim": 7, "epochs": 1, "batch_size": 512},
+    "model": {"embedding_dim": 8, "feature_embedding_dim": 4, "tower_hidden": [8], "output_dim": 8},
+    "train": {"epochs": 2, "batch_size": 256, "early_stopping_patience": 0},
+}
+
+
+def tiny_sweep_base(*, train_epochs: int = 1) -> dict[str, Any]:
+    """The smallest valid CADC base config of a sweep (validated, never trained)."""
+    base = copy.deepcopy(_TINY_SWEEP_BASE)
+    base["train"]["epochs"] = train_epochs
+    return base
+
+
+def runnable_sweep_base() -> dict[str, Any]:
+    """A CADC base config on 3,000 synthetic interactions that trains in seconds."""
+    return copy.deepcopy(_RUNNABLE_SWEEP_BASE)
+
+
+def tiny_grid_spec(
+    name: str = "tiny", base: dict[str, Any] | None = None, **changes: Any
+) -> dict[str, Any]:
+    """A grid over ``method`` in (cadc, random) on ``base`` (default :func:`tiny_sweep_base`);
+    ``changes`` replace top-level spec keys."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "base_config": tiny_sweep_base() if base is None else base,
+        "space": {"method": {"type": "grid", "values": ["cadc", "random"]}},
+        "searcher": {"type": "grid"},
+    }
+    spec.update(changes)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------
+# A tiny Train stage (stage 1 on one synthetic shard)
+
+
+@dataclass(frozen=True)
+class TinySplit:
+    """The one field of the data layer's SplitPaths that ``fit_pretrain`` reads."""
+
+    train_dir: Path
+
+
+def write_tiny_interactions(folder: Path, num_rows: int, num_users: int, num_items: int) -> Path:
+    """Synthetic D_full shard (row_index, user_id, item_id; int64), seeded."""
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "row_index": np.arange(num_rows, dtype=np.int64),
+            "user_id": rng.integers(0, num_users, num_rows, dtype=np.int64),
+            "item_id": rng.integers(0, num_items, num_rows, dtype=np.int64),
+        }
+    )
+    pq.write_table(table, folder / "part-00000.parquet")
+    return folder
+
+
+def tiny_pretrain_config(
+    *, epochs: int, num_workers: int, max_failures: int = 0
+) -> ExperimentConfig:
+    return from_dict(
+        ExperimentConfig,
+        {
+            "method": "cadc",
+            "pretrain": {"embedding_dim": 7, "epochs": epochs, "batch_size": 128},
+            "model": {"embedding_dim": 8},
+            "resources": {
+                "num_workers": num_workers,
+                "cpus_per_worker": 1,
+                "torch_threads": 1,
+                "use_gpu": "no",
+                "max_failures": max_failures,
+            },
+        },
+        "tests/test_monitoring.py",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The session dashboard's HTTP API (needs the ray_session fixture)
+
+
+def dashboard_base_url() -> str:
+    import ray._private.worker
+
+    address = ray._private.worker.get_dashboard_url()
+    assert address, "the session's Ray has no dashboard (include_dashboard=True expected)"
+    return f"http://{address}"
+
+
+def auth_headers() -> dict[str, str]:
+    """The bearer header for this session's token, as Ray's own HTTP clients send it."""
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
+
+    headers = get_auth_headers_if_auth_enabled({})
+    assert headers, "token auth is not enabled in the session (RAY_AUTH_MODE=disabled?)"
+    return headers
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, attempts: int = 3) -> tuple[int, str]:
+    """(status, body); a timeout or refused connection is retried, then raised."""
+    request = urllib.request.Request(url, headers=headers or {})
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return int(response.status), response.read().decode("utf-8")
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode("utf-8", errors="replace")
+        except (TimeoutError, urllib.error.URLError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def train_runs(*, before_first_run_ok: bool = False) -> list[dict[str, Any]]:
+    """Train V2 runs from the state API, newest first.
+
+    The state actor behind the API starts with the session's first Train run; until
+    then the API answers 500 ("Train state data is not available"), which
+    ``before_first_run_ok`` reads as "no runs yet".
+    """
+    status, body = http_get(f"{dashboard_base_url()}/api/train/v2/runs/v1", auth_headers())
+    if before_first_run_ok and status == 500 and "not available" in body:
+        return []
+    assert status == 200, f"Train state API answered {status}: {body[:300]}"
+    runs = json.loads(body)["train_runs"]
+    assert isinstance(runs, list)
+    return runs
+
+
+def train_run_named(name: str) -> dict[str, Any]:
+    """The newest Train V2 run called ``name`` (the API lists newest first)."""
+    matching = [run for run in train_runs() if run["name"] == name]
+    assert matching, f"no Train run named {name!r} in the state API"
+    return matching[0]

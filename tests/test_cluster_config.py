@@ -1,6 +1,6 @@
 """Offline validation of the cluster configs, exactly as `ray up` validates them.
 
-RAY_NOTES "Cluster config": ``validate_config(prepare_config(deepcopy(yaml)))`` is what
+docs/ray_notes.md, "Cluster config": ``validate_config(prepare_config(deepcopy(yaml)))`` is what
 ``ray up`` runs before touching a cloud. On top of Ray's schema, these tests check what
 matters for this project: the dashboard never binds publicly (Ray's own AWS defaults use
 ``--dashboard-host=0.0.0.0``), Train V2 state tracking is on, the GPU pool scales from 0
@@ -95,7 +95,7 @@ def test_aws_node_types_and_resources(aws_prepared: dict[str, Any]) -> None:
     assert aws_prepared["provider"]["type"] == "aws"
     assert head["resources"]["GPU"] == 0
     assert head["resources"]["CPU"] >= 4
-    # The sweep caps concurrent trials with this custom resource (RAY_NOTES).
+    # The sweep caps concurrent trials with this custom resource, without spending CPUs.
     assert head["resources"][TRIAL_SLOT_RESOURCE] >= 1
     assert head["max_workers"] == 0
 

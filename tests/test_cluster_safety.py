@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import tiny_grid_spec, tiny_sweep_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,20 +48,8 @@ def _write_yaml(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def _small_spec(tmp_path: Path, **changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": "safety",
-        "base_config": {
-            "pretrain": {"embedding_dim": 7, "epochs": 1},
-            "model": {"embedding_dim": 8},
-            "train": {"epochs": 1},
-            "output_root": str(tmp_path / "runs"),
-        },
-        "space": {"method": {"type": "grid", "values": ["cadc", "random"]}},
-        "searcher": {"type": "grid"},
-        "output_dir": str(tmp_path / "sweep"),
-    }
-    spec.update(changes)
-    return spec
+    base = {**tiny_sweep_base(), "output_root": str(tmp_path / "runs")}
+    return tiny_grid_spec("safety", base, **{"output_dir": str(tmp_path / "sweep"), **changes})
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from cadc_ray.config import DataConfig, GenericColumnsConfig
+from cadc_ray.config import DataConfig, DatasetName, GenericColumnsConfig
+from cadc_ray.data.errors import DataError
 from cadc_ray.data.features import age_bucket_codes, zip_prefix_codes
-from cadc_ray.data.readers import read_dataset
+from cadc_ray.data.readers import DATASETS, list_input_files, read_dataset
 
 
 @pytest.mark.real_data
@@ -106,3 +108,34 @@ def test_feature_helpers_by_hand() -> None:
         7,
     ]
     assert zip_prefix_codes(["85711", "T8H1N", "0", ""]).tolist() == [9, 11, 1, 0]
+
+
+def test_registry_names_every_dataset_and_nothing_else() -> None:
+    assert set(DATASETS) == set(get_args(DatasetName))
+    assert [name for name, source in DATASETS.items() if source.generated] == ["synthetic"]
+
+
+def test_synthetic_is_generated_not_read() -> None:
+    assert list_input_files(DataConfig(), Path(".")) == []
+    with pytest.raises(DataError, match="'synthetic' is generated"):
+        read_dataset(DataConfig())
+
+
+def test_movielens_tables_read_a_tiny_1m_folder_without_users(tmp_path: Path) -> None:
+    # ML-10M's layout: ratings + movies, no users.dat (users get ids only).
+    (tmp_path / "ratings.dat").write_text("5::20::4::100\n3::10::2::99\n5::10::1::101\n")
+    (tmp_path / "movies.dat").write_text(
+        "10::Heat (1995)::Action|Crime\n20::Up (2009)::Animation\n30::X::(no genres listed)\n"
+    )
+    config = DataConfig(dataset="ml-10m", path=str(tmp_path))
+    assert list_input_files(config, tmp_path) == [
+        tmp_path / "ratings.dat",
+        tmp_path / "movies.dat",
+    ]
+    data = read_dataset(config)
+    assert data.user_raw_ids.tolist() == [3, 5] and data.item_raw_ids.tolist() == [10, 20]
+    assert data.user_id.tolist() == [1, 0, 1] and data.item_id.tolist() == [1, 0, 0]
+    assert data.user_features.categorical.shape == (2, 0)
+    # Genres vocabulary sorted over all of movies.dat: Action, Animation, Crime.
+    assert data.item_features.multi_hot.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    assert data.inputs == (tmp_path / "ratings.dat", tmp_path / "movies.dat")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import runnable_sweep_base, tiny_grid_spec
 
 from cadc_ray.runtime.checkpoint import (
     CHECKPOINT_FILE,
@@ -254,7 +255,7 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
     (max_failures=1), resume from a checkpoint and end bit-identical to an uninterrupted
     run of the same seed (here: local mode, which shares the same loop and seeds).
     """
-    from test_monitoring import (  # the same tiny stage and dashboard helpers
+    from conftest import (  # the same tiny stage and dashboard helpers as test_monitoring
         TinySplit,
         tiny_pretrain_config,
         train_run_named,
@@ -338,34 +339,13 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
 # (b) The sweep CLI interrupted by a signal resumes with --resume
 
 
-SWEEP_SPEC: dict[str, Any] = {
-    "name": "interrupted",
-    "base_config": {
-        "method": "cadc",
-        "data": {
-            "dataset": "synthetic",
-            "synthetic": {
-                "num_users": 120,
-                "num_items": 60,
-                "num_interactions": 3000,
-                "latent_dim": 4,
-            },
-        },
-        "pretrain": {"embedding_dim": 7, "epochs": 1, "batch_size": 512},
-        "model": {
-            "embedding_dim": 8,
-            "feature_embedding_dim": 4,
-            "tower_hidden": [8],
-            "output_dim": 8,
-        },
-        "train": {"epochs": 2, "batch_size": 256, "early_stopping_patience": 0},
-    },
-    "space": {"method": {"type": "grid", "values": ["cadc", "random"]}},
-    "searcher": {"type": "grid"},
-    "objectives": [{"metric": "test_hr@10", "mode": "max"}],
-    "max_concurrent_trials": 1,  # one at a time: the signal lands between trials
-    "trial_resources": {"num_workers": 0, "cpus_per_worker": 1, "torch_threads": 1},
-}
+SWEEP_SPEC: dict[str, Any] = tiny_grid_spec(
+    "interrupted",
+    runnable_sweep_base(),
+    objectives=[{"metric": "val_hr@10", "mode": "max"}],
+    max_concurrent_trials=1,  # one at a time: the signal lands between trials
+    trial_resources={"num_workers": 0, "cpus_per_worker": 1, "torch_threads": 1},
+)
 
 
 def _sweep_command(spec_file: Path, *extra: str) -> list[str]:
@@ -438,4 +418,6 @@ def test_sweep_cli_interrupted_by_sigint_resumes_and_runs_each_trial_once(
     # Not re-run: the trial finished before the interrupt keeps its exact timing.
     assert finished_before["train_seconds"] == first_rows[interrupted_after]["train_seconds"]
     # Only the unfinished trial ran again: one "finished" progress line in the resume.
-    assert resumed.stderr.count(" finished (") == 1, resumed.stderr[-3000:]
+    # (cadc_ray's progress lines go to stdout since the console change; warnings to stderr.)
+    resumed_log = resumed.stdout + resumed.stderr
+    assert resumed_log.count(" finished (") == 1, resumed_log[-3000:]

@@ -1,7 +1,7 @@
 """Monitoring through the session's Ray dashboard, read back over HTTP.
 
 - The dashboard listens on 127.0.0.1 only and refuses requests without the token
-  (RAY_NOTES "Dashboard and security"; ray 2.60 keeps the token in ~/.ray/auth_token
+  (docs/ray_notes.md, "Dashboard"; ray 2.60 keeps the token in ~/.ray/auth_token
   unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH say otherwise).
 - A tiny Train stage run through the runtime (``fit_ttnn``) shows up in the Train V2
   state API (``/api/train/v2/runs/v1``, needs RAY_TRAIN_ENABLE_STATE_TRACKING=1 before
@@ -20,16 +20,11 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import auth_headers, dashboard_base_url, http_get, train_run_named, train_runs
 
 from cadc_ray.config import ExperimentConfig, from_dict
 
@@ -41,109 +36,8 @@ ACTIVE_RUN_STATUSES = ("INITIALIZING", "SCHEDULING", "RUNNING")
 CUSTOM_GAUGES = ("ray_cadc_epoch", "ray_cadc_samples_per_second", "ray_cadc_validation_hr_at_10")
 
 
-@dataclass(frozen=True)
-class TinySplit:
-    """The one field of the data layer's SplitPaths that ``fit_pretrain`` reads."""
-
-    train_dir: Path
-
-
-def write_tiny_interactions(folder: Path, num_rows: int, num_users: int, num_items: int) -> Path:
-    """Synthetic D_full shard (row_index, user_id, item_id; int64), seeded."""
-    rng = np.random.default_rng(7)
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "row_index": np.arange(num_rows, dtype=np.int64),
-            "user_id": rng.integers(0, num_users, num_rows, dtype=np.int64),
-            "item_id": rng.integers(0, num_items, num_rows, dtype=np.int64),
-        }
-    )
-    pq.write_table(table, folder / "part-00000.parquet")
-    return folder
-
-
-def tiny_pretrain_config(
-    *, epochs: int, num_workers: int, max_failures: int = 0
-) -> ExperimentConfig:
-    return from_dict(
-        ExperimentConfig,
-        {
-            "method": "cadc",
-            "pretrain": {"embedding_dim": 7, "epochs": epochs, "batch_size": 128},
-            "model": {"embedding_dim": 8},
-            "resources": {
-                "num_workers": num_workers,
-                "cpus_per_worker": 1,
-                "torch_threads": 1,
-                "use_gpu": "no",
-                "max_failures": max_failures,
-            },
-        },
-        "tests/test_monitoring.py",
-    )
-
-
 # ---------------------------------------------------------------------------------------
-# Dashboard HTTP helpers
-
-
-def dashboard_base_url() -> str:
-    import ray._private.worker
-
-    address = ray._private.worker.get_dashboard_url()
-    assert address, "the session's Ray has no dashboard (include_dashboard=True expected)"
-    return f"http://{address}"
-
-
-def auth_headers() -> dict[str, str]:
-    """The bearer header for this session's token, as Ray's own HTTP clients send it."""
-    from ray._private.authentication.http_token_authentication import (
-        get_auth_headers_if_auth_enabled,
-    )
-
-    headers = get_auth_headers_if_auth_enabled({})
-    assert headers, "token auth is not enabled in the session (RAY_AUTH_MODE=disabled?)"
-    return headers
-
-
-def http_get(url: str, headers: dict[str, str] | None = None, attempts: int = 3) -> tuple[int, str]:
-    """(status, body); a timeout or refused connection is retried, then raised."""
-    request = urllib.request.Request(url, headers=headers or {})
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return int(response.status), response.read().decode("utf-8")
-        except urllib.error.HTTPError as error:
-            return int(error.code), error.read().decode("utf-8", errors="replace")
-        except (TimeoutError, urllib.error.URLError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1.0)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def train_runs(*, before_first_run_ok: bool = False) -> list[dict[str, Any]]:
-    """Train V2 runs from the state API, newest first.
-
-    The state actor behind the API starts with the session's first Train run; until
-    then the API answers 500 ("Train state data is not available"), which
-    ``before_first_run_ok`` reads as "no runs yet".
-    """
-    status, body = http_get(f"{dashboard_base_url()}/api/train/v2/runs/v1", auth_headers())
-    if before_first_run_ok and status == 500 and "not available" in body:
-        return []
-    assert status == 200, f"Train state API answered {status}: {body[:300]}"
-    runs = json.loads(body)["train_runs"]
-    assert isinstance(runs, list)
-    return runs
-
-
-def train_run_named(name: str) -> dict[str, Any]:
-    """The newest Train V2 run called ``name`` (the API lists newest first)."""
-    matching = [run for run in train_runs() if run["name"] == name]
-    assert matching, f"no Train run named {name!r} in the state API"
-    return matching[0]
+# Prometheus helpers (the dashboard's HTTP helpers are in conftest)
 
 
 def metrics_endpoint() -> str:

@@ -111,8 +111,8 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
 ) -> None:
     """Table 2's techniques share one MF teacher: the reused run equals a fresh one."""
     from cadc_ray.config import load_config
+    from cadc_ray.pretrain_key import pretrain_key
     from cadc_ray.runtime.pretrain import PretrainResult
-    from cadc_ray.sweep.space import pretrain_key
 
     config_file = _write_tiny_config(tmp_path, "tiny-cache", epochs=2)
     teacher_run = load_config(config_file, ["model.integration=init_frz"])

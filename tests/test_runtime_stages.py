@@ -43,7 +43,9 @@ TINY_CONFIG: dict[str, Any] = {
     "train": {
         "epochs": 6,
         "batch_size": 256,
-        "learning_rate": 0.003,
+        # 0.003 left the 6-epoch TTNN barely above popularity (0.20 vs 0.21 HR@10): a change
+        # of the teacher by rounding noise flipped the test. 0.01 reaches ~0.33.
+        "learning_rate": 0.01,
         "early_stopping_patience": 0,
     },
     "resources": {"num_workers": 0, "use_gpu": "no", "torch_threads": 1},

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from cadc_ray.config import ConfigError, ResourcesConfig
-from cadc_ray.runtime.session import DATA_RESERVED_CPUS, resolve_use_gpu, train_cpus
+from cadc_ray.runtime.session import (
+    DATA_RESERVED_CPUS,
+    local_ray_cpus,
+    resolve_use_gpu,
+    train_cpus,
+)
 from cadc_ray.runtime.worker import (
     WorkerInfo,
     derive_seed,
@@ -68,6 +73,15 @@ def test_cpu_reservation_leaves_room_for_ray_data() -> None:
     assert train_cpus(ResourcesConfig(num_workers=2, cpus_per_worker=2)) == 4
     assert train_cpus(ResourcesConfig(num_workers=0)) == 1  # local mode runs in the driver
     assert DATA_RESERVED_CPUS >= 1
+
+
+def test_local_ray_cpus_is_one_rule_for_runs_and_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    two_by_two = ResourcesConfig(num_workers=2, cpus_per_worker=2)
+    assert local_ray_cpus(two_by_two) == 4 + DATA_RESERVED_CPUS  # one run
+    assert local_ray_cpus(two_by_two, concurrent_stages=3) == 12 + DATA_RESERVED_CPUS  # sweep
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert local_ray_cpus(two_by_two) == 64  # never fewer than the machine has
 
 
 def test_use_gpu_no_needs_no_cluster() -> None:

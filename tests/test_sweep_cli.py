@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import tiny_grid_spec
 
 from cadc_ray.config import ConfigError
 from cadc_ray.sweep import cli
@@ -27,17 +28,7 @@ from cadc_ray.sweep.driver import (
 from cadc_ray.sweep.space import trial_configs_for_setup
 from cadc_ray.sweep.spec import load_spec
 
-TINY_SPEC: dict[str, Any] = {
-    "name": "tiny",
-    "base_config": {
-        "method": "cadc",
-        "pretrain": {"embedding_dim": 7, "epochs": 1},
-        "model": {"embedding_dim": 8},
-        "train": {"epochs": 1},
-    },
-    "space": {"method": {"type": "grid", "values": ["cadc", "random"]}},
-    "searcher": {"type": "grid"},
-}
+TINY_SPEC: dict[str, Any] = tiny_grid_spec()
 
 
 def _spec_file(tmp_path: Path, **changes: Any) -> Path:

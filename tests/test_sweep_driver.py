@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import ray
+from conftest import runnable_sweep_base
 from ray import tune
 
 from cadc_ray.config import ConfigError
@@ -26,36 +27,19 @@ from cadc_ray.sweep.spec import SweepSpec, parse_spec
 
 pytestmark = pytest.mark.ray
 
-TINY_DATA: dict[str, Any] = {
-    "dataset": "synthetic",
-    "synthetic": {"num_users": 120, "num_items": 60, "num_interactions": 3000, "latent_dim": 4},
-}
-
 
 def tiny_spec(output_dir: Path, prepared_root: Path, **changes: Any) -> SweepSpec:
     """3 trials: CADC at two id sizes (two pretraining configs) and Random."""
     raw: dict[str, Any] = {
         "name": "tiny",
-        "base_config": {
-            "method": "cadc",
-            "output_root": str(prepared_root),
-            "data": TINY_DATA,
-            "pretrain": {"embedding_dim": 7, "epochs": 1, "batch_size": 512},
-            "model": {
-                "embedding_dim": 8,
-                "feature_embedding_dim": 4,
-                "tower_hidden": [8],
-                "output_dim": 8,
-            },
-            "train": {"epochs": 2, "batch_size": 256, "early_stopping_patience": 0},
-        },
+        "base_config": {**runnable_sweep_base(), "output_root": str(prepared_root)},
         "space": {
             "method": {"type": "grid", "values": ["cadc"]},
             "model.embedding_dim": {"type": "grid", "values": [8, 12]},
         },
         "extra_trials": [{"method": "random", "model.embedding_dim": 8}],
         "searcher": {"type": "grid"},
-        "objectives": [{"metric": "test_hr@10", "mode": "max"}],
+        "objectives": [{"metric": "val_hr@10", "mode": "max"}],
         "max_concurrent_trials": 2,
         "trial_resources": {"num_workers": 0, "cpus_per_worker": 1, "torch_threads": 1},
         "output_dir": str(output_dir),
@@ -173,8 +157,10 @@ def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
     assert {row["embedding_dim"] for row in rows if row["method"] == "cadc"} == {"8", "12"}
     assert {row["status"] for row in rows} == {"finished"}
     best = json.loads((folder / "best.json").read_text())
-    assert best["best"]["metrics"]["test_hr@10"] == max(
-        r["metrics"]["test_hr@10"] for r in records.values()
+    # Selected on validation (the test split never chooses a configuration).
+    assert best["selected_by"] == {"metric": "val_hr@10", "mode": "max"}
+    assert best["best"]["metrics"]["val_hr@10"] == max(
+        r["metrics"]["val_hr@10"] for r in records.values()
     )
     assert (folder / "best_config.yaml").is_file()
     assert (folder / "plots" / "quality_vs_time.png").stat().st_size > 0

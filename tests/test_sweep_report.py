@@ -36,7 +36,7 @@ SPEC = parse_spec(
         "extra_trials": [{"method": "gs"}],
         "searcher": {"type": "grid"},
         "objectives": [
-            {"metric": "test_hr@10", "mode": "max"},
+            {"metric": "val_hr@10", "mode": "max"},
             {"metric": "total_seconds", "mode": "min"},
         ],
     },
@@ -138,9 +138,12 @@ def test_write_reports_writes_every_file_atomically(tmp_path: Path) -> None:
         "best_json",
         "plot_ratio",
         "plot_time",
+        "pareto_md",
+        "plot_pareto",
         "summary",
     }
     best = json.loads((tmp_path / "best.json").read_text())
+    assert best["selected_by"] == {"metric": "val_hr@10", "mode": "max"}
     assert best["best"]["trial_id"] == "t5" and best["pareto_front"] == ["t0", "t1", "t2", "t5"]
     assert all(math.isfinite(v) for v in best["best"]["metrics"].values() if isinstance(v, float))
     summary = json.loads((tmp_path / "summary.json").read_text())

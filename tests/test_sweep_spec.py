@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from conftest import tiny_sweep_base
 
 from cadc_ray.config import ConfigError
 from cadc_ray.sweep.space import (
@@ -27,12 +28,7 @@ from cadc_ray.sweep.spec import Distribution, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_BASE: dict[str, Any] = {
-    "method": "cadc",
-    "pretrain": {"embedding_dim": 7, "epochs": 1},
-    "model": {"embedding_dim": 8},
-    "train": {"epochs": 2},
-}
+TINY_BASE: dict[str, Any] = tiny_sweep_base(train_epochs=2)
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
@@ -131,11 +127,29 @@ def _write(tmp_path: Path, raw: dict[str, Any], name: str = "spec.yaml") -> Path
             r"spec.yaml: objectives\[0\].mode: 'maximize' is not one of",
         ),
         (
+            {"objectives": [{"metric": "test_hr@10", "mode": "max"}]},
+            r"spec.yaml: objectives\[0\].metric: 'test_hr@10' is a test metric: configurations "
+            r"are selected on validation only \(use 'val_hr@10'\)",
+        ),
+        (
             {
-                "early_stopping": {"type": "asha", "metric": "val_hr@10"},
-                "trial_resources": {"num_workers": 0},
+                "objectives": [
+                    {"metric": "val_hr@10", "mode": "max"},
+                    {"metric": "test_ndcg@10", "mode": "max"},
+                ]
             },
-            r"spec.yaml: early_stopping: ASHA needs per-epoch reports",
+            r"spec.yaml: objectives\[1\].metric: 'test_ndcg@10' is a test metric",
+        ),
+        (
+            {"searcher": {"type": "grid", "storage": "sqlite:///study.db"}},
+            r"spec.yaml: searcher.storage: only used with searcher 'optuna'",
+        ),
+        (
+            {
+                "searcher": {"type": "optuna", "storage": "redis://host/0"},
+                "space": {"train.learning_rate": {"type": "loguniform", "low": 0.001, "high": 0.1}},
+            },
+            r"spec.yaml: searcher.storage: expected an RDB URL",
         ),
         (
             {"early_stopping": {"type": "asha", "metric": "test_hr@10"}},

@@ -1,4 +1,4 @@
-"""The prepared-dataset layout on disk: paths, the manifest, feature tables, atomic writes.
+"""The prepared-dataset layout on disk: paths, the manifest, feature tables.
 
 A prepared dataset (docs/ARCHITECTURE.md section 1) is a folder::
 
@@ -13,13 +13,7 @@ Everything here is plain pyarrow/numpy: Ray workers read it without Ray Data.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +24,6 @@ import pyarrow.parquet as pq
 
 from cadc_ray.data.errors import DataError
 from cadc_ray.data.features import EntityFeatures
-
-logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -243,39 +235,3 @@ def load_id_map(prepared: Path | str, entity: Entity) -> np.ndarray:
     """``(N,)`` raw ids (strings) indexed by contiguous id."""
     table = pq.read_table(Path(prepared) / f"{entity}_ids.parquet")
     return np.asarray(table.column("raw_id").to_pylist(), dtype=object)
-
-
-def temporary_sibling(target: Path) -> Path:
-    """A fresh temp path next to ``target`` (same filesystem, so rename is atomic)."""
-    return target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yields a temp folder; on success it becomes ``target`` (rename), on error it is removed.
-
-    If ``target`` appeared meanwhile (a concurrent writer won), ours is discarded.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = temporary_sibling(target)
-    temp.mkdir()
-    try:
-        yield temp
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    try:
-        os.rename(temp, target)
-    except OSError:
-        if target.exists():
-            logger.info("%s was written concurrently; keeping the existing copy", target)
-            shutil.rmtree(temp, ignore_errors=True)
-        else:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temp = temporary_sibling(path)
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)

@@ -1,7 +1,12 @@
-"""Worker-side readers (plain pyarrow, no Ray): interaction pairs and known positives."""
+"""Worker-side readers (plain pyarrow, no Ray): interaction pairs and known positives.
+
+Workers mask known positives through the split's memory-mapped per-user index
+(``data.known``), built here on first use for a split folder written before it existed.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +14,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
+from cadc_ray.data.known import (
+    KNOWN_DIR,
+    META_FILE,
+    KnownPositives,
+    open_known_index,
+    sorted_pair_batches,
+    write_known_index,
+)
 from cadc_ray.data.split import SplitPaths
+
+logger = logging.getLogger(__name__)
 
 
 def read_pairs(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +43,10 @@ def read_pairs(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def known_positives(split: SplitPaths, num_users: int, num_items: int) -> sp.csr_matrix:
-    """Binary ``(num_users, num_items)`` CSR matrix of every (user, item) in D_full."""
+    """Binary ``(num_users, num_items)`` CSR matrix of every (user, item) in D_full.
+
+    Reads all of D_full into memory; workers use ``open_known_positives`` instead.
+    """
     users, items = read_pairs(split.train_dir)
     if len(users) and (
         users.max() >= num_users or items.max() >= num_items or min(users.min(), items.min()) < 0
@@ -44,6 +63,21 @@ def known_positives(split: SplitPaths, num_users: int, num_items: int) -> sp.csr
     return matrix
 
 
+def open_known_positives(split: SplitPaths, num_users: int, num_items: int) -> KnownPositives:
+    """The split's per-user index of D_full (``<split>/known``), memory-mapped.
+
+    ``materialize_split`` writes it; a split folder from before the index existed gets it
+    here, once (temp folder + rename: concurrent workers may both build it, one copy wins).
+    """
+    folder = split.root / KNOWN_DIR
+    if not (folder / META_FILE).is_file():
+        users, items = read_pairs(split.train_dir)
+        with atomic_directory(folder) as temp:
+            nnz = write_known_index(temp, sorted_pair_batches(users, items), num_users, num_items)
+        logger.info("built the known-positives index %s (%d pairs)", folder, nnz)
+    return open_known_index(folder, num_users, num_items)
+
+
 @dataclass(frozen=True)
 class HeldOutSets:
     """What full-ranking evaluation needs (METHOD 1.5): the held-out pairs and the masks."""
@@ -52,7 +86,7 @@ class HeldOutSets:
     val_items: np.ndarray  # (V,) int64
     test_users: np.ndarray  # (T,) int64
     test_items: np.ndarray  # (T,) int64
-    known: sp.csr_matrix  # (num_users, num_items) D_full positives, masked when ranking
+    known: KnownPositives  # (num_users, num_items) D_full positives (memory-mapped rows)
     test_extra_mask: np.ndarray  # (T,) each test user's validation item, masked when testing
 
 
@@ -74,6 +108,6 @@ def read_held_out(split: SplitPaths, num_users: int, num_items: int) -> HeldOutS
         val_items=val_items,
         test_users=test_users,
         test_items=test_items,
-        known=known_positives(split, num_users, num_items),
+        known=open_known_positives(split, num_users, num_items),
         test_extra_mask=test_extra_mask,
     )

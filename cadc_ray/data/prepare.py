@@ -15,8 +15,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from cadc_ray.atomic import atomic_directory
 from cadc_ray.config import (
     ConfigError,
     DataConfig,
@@ -45,7 +44,6 @@ from cadc_ray.data.layout import (
     interactions_dir,
     interactions_table,
     shard_name,
-    temporary_sibling,
     write_entity_features,
     write_id_map,
 )
@@ -215,21 +213,9 @@ def prepare_dataset(config: DataConfig, output_root: Path | str, *, force: bool 
             f"{target}: holds a different prepared dataset ({' and '.join(differences)} differ); "
             f"use --force to replace it or choose another data.prepared_dir"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = temporary_sibling(target)
-    temp.mkdir()
-    try:
+    # force and an existing target: swapped in, then the old copy removed
+    with atomic_directory(target, replace_existing=True) as temp:
         manifest = _build(config, temp, checksums, input_path)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    if target.exists():  # force: swap, then remove the old copy
-        trash = temporary_sibling(target)
-        os.rename(target, trash)
-        os.rename(temp, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(temp, target)
     logger.info(
         "prepared %s: %d interactions, %d users, %d items, %d shards -> %s",
         manifest.dataset,

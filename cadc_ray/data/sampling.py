@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
-from cadc_ray.data.layout import SUCCESS_MARKER, atomic_directory
+from cadc_ray.data.layout import SUCCESS_MARKER
 from cadc_ray.data.split import SplitPaths
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ with fewer than 3 interactions stay wholly in ``D_full`` and are not evaluated.
 Ray Data does the work: the interactions are hash-partitioned by ``user_id`` (Ray 2.60's hash
 shuffle never splits a partition block, so every user's rows are in one block) and roles
 are computed per block by the vectorised numpy core ``leave_last_two_out_roles`` inside
-``map_batches`` (RAY_NOTES: 5x faster than ``groupby().map_groups``). The result is written
+``map_batches`` (5x faster than ``groupby().map_groups``: docs/ray_notes.md, "Ray Data"). The result is written
 once under ``<prepared>/split`` (temp folder + rename, ``_SUCCESS`` marker) and reused.
 """
 
@@ -25,8 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
-from cadc_ray.data.layout import SUCCESS_MARKER, Manifest, atomic_directory, interactions_dir
+from cadc_ray.data.known import KNOWN_DIR, write_known_index_with_ray
+from cadc_ray.data.layout import SUCCESS_MARKER, Manifest, interactions_dir
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,10 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
         pq.write_table(validation, temp_paths.val_path)
         pq.write_table(test, temp_paths.test_path)
         shutil.rmtree(by_role)
+        # Per-user D_full positives for evaluation masks, inside the same atomic folder.
+        write_known_index_with_ray(
+            temp_paths.train_dir, temp / KNOWN_DIR, manifest.num_users, manifest.num_items
+        )
         num_evaluated = test.num_rows
         summary = {
             "num_train": manifest.num_interactions - 2 * num_evaluated,

@@ -36,9 +36,9 @@ contiguous over the items that appear.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cadc_ray.atomic import write_atomic
 from cadc_ray.config import SyntheticConfig
 from cadc_ray.data.errors import DataError
 from cadc_ray.data.features import EntityFeatures
@@ -282,9 +283,7 @@ def generate_synthetic(
             table = pq.read_table(path)
             item = new_id[table.column("item_id").to_numpy()]
             table = table.set_column(2, "item_id", pa.array(item))
-            temp = path.with_suffix(".tmp")
-            pq.write_table(table, temp)
-            os.replace(temp, path)
+            write_atomic(path, functools.partial(pq.write_table, table))
         item_features = EntityFeatures(
             categorical=item_features.categorical[kept_items],
             categorical_names=item_features.categorical_names,

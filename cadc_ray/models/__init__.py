@@ -9,6 +9,7 @@ from cadc_ray.models.embeddings import (
     frozen_table_names,
     pretrained_tensor,
 )
+from cadc_ray.models.id_tables import ID_TABLE_KINDS, id_table_compression, model_bytes
 from cadc_ray.models.mf import FactorTables, MatrixFactorization, MFSide, MLPMatrixFactorization
 from cadc_ray.models.pretrained import PretrainedTables
 from cadc_ray.models.two_tower import (
@@ -21,6 +22,7 @@ from cadc_ray.models.two_tower import (
 
 __all__ = [
     "FROZEN_TABLE_BUFFER",
+    "ID_TABLE_KINDS",
     "INTEGRATION_TECHNIQUES",
     "FactorTables",
     "FeatureEncoder",
@@ -36,5 +38,7 @@ __all__ = [
     "count_parameters",
     "data_buffer_names",
     "frozen_table_names",
+    "id_table_compression",
+    "model_bytes",
     "pretrained_tensor",
 ]

@@ -193,6 +193,16 @@ def _build_init_frz(
     return FrozenIdEmbedding(table)
 
 
+def _build_residual(
+    num_ids: int, embedding_dim: int, pretrained: torch.Tensor | None, adapter_hidden: int
+) -> nn.Module:
+    """``residual``'s towers read the frozen rows as ``init_frz`` does; the teacher's own score
+    is added by ``models.residual.ResidualTwoTower`` (``build_two_tower`` wraps the model)."""
+    table = _require(pretrained, "residual", num_ids)
+    _require_same_width(table, embedding_dim, "residual")
+    return FrozenIdEmbedding(table)
+
+
 def _build_init(
     num_ids: int, embedding_dim: int, pretrained: torch.Tensor | None, adapter_hidden: int
 ) -> nn.Module:
@@ -239,12 +249,10 @@ INTEGRATION_TECHNIQUES: dict[IntegrationName, IdEmbeddingBuilder] = {
     "hybrid": _build_hybrid,
     "linear": _build_linear,
     "mlp": _build_mlp,
+    "residual": _build_residual,
     "none": _build_none,
 }
 """Every technique of ``config.IntegrationName`` except ``auto`` (resolved by the method)."""
-
-FROZEN_TECHNIQUES: frozenset[IntegrationName] = frozenset({"init_frz", "hybrid", "linear", "mlp"})
-"""Techniques that keep (part of) the pretrained table frozen: it can be shared zero-copy."""
 
 
 def build_id_embedding(

@@ -45,7 +45,7 @@ class FactorTables(nn.Module):
             self.item_table.weight[:, dim] = 0.0
 
     def export_tables(self) -> PretrainedTables:
-        """Copies of U and V as float32 numpy arrays (num_*, d+1), last column = bias."""
+        """Copies of U and V as float32 numpy arrays (num_*, d+1), last column = bias; and b."""
         return PretrainedTables(
             user=np.ascontiguousarray(
                 self.user_table.weight.detach().cpu().numpy(), dtype=np.float32
@@ -54,6 +54,7 @@ class FactorTables(nn.Module):
                 self.item_table.weight.detach().cpu().numpy(), dtype=np.float32
             ).copy(),
             pretrainer=self.pretrainer,
+            global_bias=float(self.global_bias.detach().cpu()),
         )
 
     def side_parameters(self) -> dict[MFSide, list[torch.Tensor]]:

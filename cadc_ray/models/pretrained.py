@@ -20,6 +20,10 @@ class PretrainedTables:
     user: np.ndarray  # (num_users, d + 1) float32
     item: np.ndarray  # (num_items, d + 1) float32
     pretrainer: str  # "mf" | "mf_mlp" | "als"
+    # The teacher's global logit offset: MF's ``b``; ALS's calibrated offset (pretrain.als).
+    # It ranks nothing, but the ``residual`` integration trains on the teacher's logit as the
+    # teacher was trained, so it is part of the score there.
+    global_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.user.ndim != 2 or self.item.ndim != 2 or self.user.shape[1] != self.item.shape[1]:
@@ -33,6 +37,40 @@ class PretrainedTables:
         return int(self.user.shape[1])
 
 
+def teacher_pair_logits(
+    user_rows: torch.Tensor, item_rows: torch.Tensor, pretrainer: str
+) -> torch.Tensor:
+    """The teacher's score of aligned pairs: rows (B, d+1), (B, d+1) -> (B,), no global bias.
+
+    ``mf``: ``u[:d].v[:d] + u[d] + v[d]``; ``als``: ``u.v`` over all columns (the exporter
+    leaves its bias column at zero, so this is also the MF formula). ``mf_mlp`` cannot score:
+    its interaction MLP is not part of the tables.
+    """
+    if pretrainer == "als":
+        return (user_rows * item_rows).sum(dim=1)
+    _check_scorable(pretrainer)
+    return (user_rows[:, :-1] * item_rows[:, :-1]).sum(dim=1) + user_rows[:, -1] + item_rows[:, -1]
+
+
+def teacher_all_logits(
+    user_rows: torch.Tensor, item_table: torch.Tensor, pretrainer: str
+) -> torch.Tensor:
+    """The teacher's score of every item: rows (B, d+1), table (I, d+1) -> (B, I), no global bias."""
+    if pretrainer == "als":
+        return user_rows @ item_table.T
+    _check_scorable(pretrainer)
+    return user_rows[:, :-1] @ item_table[:, :-1].T + user_rows[:, -1:] + item_table[:, -1]
+
+
+def _check_scorable(pretrainer: str) -> None:
+    if pretrainer == "mf_mlp":
+        raise ValueError(
+            "the mf_mlp teacher cannot score from its tables: its interaction MLP is not exported"
+        )
+    if pretrainer != "mf":
+        raise ValueError(f"unknown pretrainer {pretrainer!r}")
+
+
 def teacher_scorer(tables: PretrainedTables) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The teacher's own ranking score, ``users (B,) -> (B, num_items)``, from its tables.
 
@@ -42,19 +80,12 @@ def teacher_scorer(tables: PretrainedTables) -> Callable[[torch.Tensor], torch.T
     """
     if tables.pretrainer == "mf_mlp":
         return None
+    if tables.pretrainer != "als":
+        _check_scorable(tables.pretrainer)
     user = torch.from_numpy(np.array(tables.user, dtype=np.float32))  # a writable copy
     item = torch.from_numpy(np.array(tables.item, dtype=np.float32))
-    if tables.pretrainer == "als":
 
-        def score_als(users: torch.Tensor) -> torch.Tensor:
-            return user[users.cpu()] @ item.T
+    def score(users: torch.Tensor) -> torch.Tensor:
+        return teacher_all_logits(user[users.cpu()], item, tables.pretrainer)
 
-        return score_als
-    if tables.pretrainer != "mf":
-        raise ValueError(f"unknown pretrainer {tables.pretrainer!r}")
-
-    def score_mf(users: torch.Tensor) -> torch.Tensor:
-        rows = user[users.cpu()]  # (B, d+1)
-        return rows[:, :-1] @ item[:, :-1].T + rows[:, -1:] + item[:, -1]
-
-    return score_mf
+    return score

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cadc_ray.atomic import write_atomic
+
 CHECKPOINT_FILE = "state.pt"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = (
@@ -94,13 +96,9 @@ def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) ->
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint state lacks {missing}")
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / CHECKPOINT_FILE
-    temporary = folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-    torch.save(state, temporary)
-    os.replace(temporary, final)
-    return final
+    return write_atomic(
+        Path(directory) / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary)
+    )
 
 
 def load_checkpoint(

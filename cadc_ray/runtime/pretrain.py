@@ -2,9 +2,10 @@
 
 ``fit_pretrain`` feeds D_full from Ray Data (``datasets={"train": ...}``); each worker
 pulls its shard once into memory (see ``runtime.worker`` for why and how the epochs stay
-reproducible), trains with DDP (gradients for both tables on every step, so DDP's
-all-reduce sees every parameter; the alternation schedule is a pure function of
-``(epoch, batch)``, so every rank steps the same side), and reports loss, epoch and
+reproducible), trains MF with the row-sparse fused step (``training.fused_mf``: the touched
+rows' gradients are all-gathered, no DDP) and MF-MLP with DDP (gradients for both tables on
+every step, so DDP's all-reduce sees every parameter); the alternation schedule is a pure
+function of ``(epoch, batch)``, so every rank steps the same side. It reports loss, epoch and
 samples/s with a checkpoint after every epoch. Rank 0 returns the exported tables
 (``Result.return_value`` is rank 0's return value).
 """
@@ -44,6 +45,7 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
+    from cadc_ray.console import StageProgress, quiet_train_worker
     from cadc_ray.models.mf import MatrixFactorization, MLPMatrixFactorization
     from cadc_ray.runtime.checkpoint import (
         FORMAT_VERSION,
@@ -65,10 +67,12 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         seeded_generator,
         stage_seed,
     )
-    from cadc_ray.training.alternation import make_mf_optimizers
-    from cadc_ray.training.loops import train_mf_epoch
+    from cadc_ray.training.alternation import MFOptimizers, make_mf_optimizers
+    from cadc_ray.training.fused_mf import FusedMFTrainer
+    from cadc_ray.training.loops import train_mf_epoch, train_mf_epoch_fused
     from cadc_ray.training.samplers import build_negative_sampler
 
+    quiet_train_worker()
     config = config_from_loop(loop_config)
     settings = config.pretrain
     torch.set_num_threads(config.resources.torch_threads)
@@ -91,8 +95,17 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         )
     else:
         base = MatrixFactorization(num_users, num_items, settings.embedding_dim)
-    model = ray.train.torch.prepare_model(base)  # DDP when world_size > 1
-    optimizers = make_mf_optimizers(base, settings.learning_rate, settings.weight_decay)
+    fused: FusedMFTrainer | None = None
+    optimizers: FusedMFTrainer | MFOptimizers
+    model: torch.nn.Module
+    if isinstance(base, MatrixFactorization):
+        # Row-sparse fused step (training.fused_mf): no DDP, whose all-reduce of the dense
+        # table gradients is what the fused step avoids; it all-gathers the touched rows.
+        model = base.to(worker.device)
+        fused = optimizers = FusedMFTrainer(base, settings.learning_rate, settings.weight_decay)
+    else:
+        model = ray.train.torch.prepare_model(base)  # DDP when world_size > 1
+        optimizers = make_mf_optimizers(base, settings.learning_rate, settings.weight_decay)
     sampler = build_negative_sampler(settings.negative_sampler, num_items, data["item_id"])
 
     config_dict = to_dict(config)
@@ -108,24 +121,38 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     gauges = stage_gauges(STAGE, loop_config["run_name"]) if worker.rank == 0 else None
     timer = EpochTimer()
+    progress = StageProgress(STAGE, settings.epochs, start_epoch)
     for epoch in range(start_epoch, settings.epochs):
         reseed_global_rng(seed, worker.rank, epoch)
-        generator = seeded_generator(seed, "negatives", worker.rank, epoch)
+        # Negatives drawn where the batches are: no host-to-device copy per step.
+        generator = seeded_generator(seed, "negatives", worker.rank, epoch, device=worker.device)
         batches = (
             (users[rows], items[rows])
             for rows in epoch_batches(num_rows, settings.batch_size, seed, epoch, worker)
         )
         with timer:
-            loss = train_mf_epoch(
-                model,
-                batches,
-                optimizers,
-                sampler,
-                settings.num_negatives,
-                generator,
-                epoch,
-                settings.alternate,
-            )
+            if fused is not None:
+                loss = train_mf_epoch_fused(
+                    fused,
+                    batches,
+                    sampler,
+                    settings.num_negatives,
+                    generator,
+                    epoch,
+                    settings.alternate,
+                )
+            else:
+                assert isinstance(optimizers, MFOptimizers)
+                loss = train_mf_epoch(
+                    model,
+                    batches,
+                    optimizers,
+                    sampler,
+                    settings.num_negatives,
+                    generator,
+                    epoch,
+                    settings.alternate,
+                )
         loop_seconds += timer.last_seconds
         rows_per_rank = num_rows // worker.world_size  # epoch_batches' share per rank
         loss_sum, rows_seen = all_reduce_sums([loss * rows_per_rank, rows_per_rank], worker)
@@ -156,12 +183,7 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             }
             if gauges is not None:
                 gauges.record_epoch(epoch + 1, samples_per_second, None)
-            logger.info(
-                "pretrain epoch %d: loss %.4f, %.0f samples/s",
-                epoch + 1,
-                metrics["loss"],
-                samples_per_second,
-            )
+            logger.info(progress.line(epoch + 1, metrics["loss"], samples_per_second))
         report_epoch(metrics, state, worker, epoch + 1, loop_config["local_checkpoint_root"])
     del model
     if worker.rank != 0:
@@ -171,6 +193,7 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "user": tables.user,
         "item": tables.item,
         "pretrainer": tables.pretrainer,
+        "global_bias": tables.global_bias,
         "history": history,
         "loop_seconds": loop_seconds,
         "epochs": settings.epochs,
@@ -200,6 +223,7 @@ def _als_task(
         iterations=settings.als_iterations,
         regularization=settings.als_regularization,
         alpha=settings.als_alpha,
+        calibrate=settings.als_export == "calibrated",
         seed=stage_seed(config.seed, settings.seed) % (2**31),
         num_threads=threads,
     )
@@ -278,7 +302,10 @@ def fit_pretrain(
     if output is None:
         raise RuntimeError(f"pretraining run {run_name!r} returned no tables from rank 0")
     tables = PretrainedTables(
-        user=output["user"], item=output["item"], pretrainer=output["pretrainer"]
+        user=output["user"],
+        item=output["item"],
+        pretrainer=output["pretrainer"],
+        global_bias=float(output["global_bias"]),
     )
     checkpoint = getattr(result, "checkpoint", None)
     return PretrainResult(

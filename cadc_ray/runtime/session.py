@@ -18,14 +18,26 @@ logger = logging.getLogger(__name__)
 DATA_RESERVED_CPUS = 1
 """Logical CPUs a locally started Ray keeps for Ray Data on top of the Train workers.
 
-RAY_NOTES: Train's workers' CPUs are excluded from Ray Data's budget; if the workers
-reserve every CPU, Ray Data gets none and the run hangs without an error.
+Ray Data leaves the CPUs reserved by Train's workers out of its budget; if the workers
+reserve every CPU, Ray Data gets none and the run hangs without an error
+(docs/ray_notes.md, "Ray Data").
 """
 
 
 def train_cpus(resources: ResourcesConfig) -> int:
     """Logical CPUs one Train stage reserves (local mode runs in the driver: 1)."""
     return max(resources.num_workers, 1) * resources.cpus_per_worker
+
+
+def local_ray_cpus(resources: ResourcesConfig, concurrent_stages: int = 1) -> int:
+    """Logical CPUs for a locally started Ray: ``concurrent_stages`` Train stages (one per
+    concurrent sweep trial) plus :data:`DATA_RESERVED_CPUS`, and at least ``os.cpu_count()``.
+
+    Logical CPUs may exceed physical ones; what matters is that the Train workers'
+    reservation always leaves some for Ray Data.
+    """
+    needed = train_cpus(resources) * concurrent_stages + DATA_RESERVED_CPUS
+    return max(os.cpu_count() or 1, needed)
 
 
 def init_ray(
@@ -40,9 +52,8 @@ def init_ray(
     ``address`` (or ``$RAY_ADDRESS`` when it is None): an existing cluster, e.g.
     ``"auto"`` for one started with ``ray start`` on this machine, or
     ``"ray://head:10001"``. Without either, a new local Ray starts with
-    ``max(os.cpu_count(), train CPUs + DATA_RESERVED_CPUS)`` logical CPUs (logical CPUs
-    may exceed physical ones; what matters is that the Train workers' reservation leaves
-    some for Ray Data). A session that is already initialized is kept as it is.
+    :func:`local_ray_cpus` logical CPUs. A session that is already initialized is kept as
+    it is.
 
     Returns True when this call started or connected Ray (the caller should
     ``ray.shutdown()`` at the end), False when Ray was already initialized.
@@ -52,15 +63,17 @@ def init_ray(
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS") or None
-    options: dict[str, Any] = {"log_to_driver": log_to_driver}
+    from cadc_ray.console import ray_runtime_env
+
+    # Every Ray process gets the console settings (Ray Data's progress to its log files).
+    options: dict[str, Any] = {"log_to_driver": log_to_driver, "runtime_env": ray_runtime_env()}
     if include_dashboard is not None:
         options["include_dashboard"] = include_dashboard
     if target is not None:
         logger.info("connecting to the Ray cluster at %s", target)
         ray.init(address=target, **options)
         return True
-    needed = train_cpus(resources or ResourcesConfig()) + DATA_RESERVED_CPUS
-    num_cpus = max(os.cpu_count() or 1, needed)
+    num_cpus = local_ray_cpus(resources or ResourcesConfig())
     logger.info("starting a local Ray with %d logical CPUs", num_cpus)
     # address="local": never attach silently to some other local cluster on a shared machine.
     ray.init(address="local", num_cpus=num_cpus, **options)

@@ -9,6 +9,7 @@ from typing import Any
 
 from cadc_ray.config import ExperimentConfig, from_dict
 from cadc_ray.runtime.checkpoint import CheckpointError
+from cadc_ray.storage import is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +20,9 @@ before covers a crash while the latest is being persisted."""
 LOCAL_CHECKPOINT_DIR = "local_checkpoints"
 
 
-def is_storage_uri(storage_path: str) -> bool:
-    """``s3://bucket/prefix`` and friends: handed to Ray (pyarrow fs) as they are."""
-    return "://" in storage_path
-
-
 def train_storage_path(storage_path: str | None) -> str | None:
     """Ray Train's ``RunConfig.storage_path``: URIs unchanged, local paths absolute."""
-    if storage_path is None or is_storage_uri(storage_path):
+    if storage_path is None or is_uri(storage_path):
         return storage_path
     return str(Path(storage_path).resolve())
 
@@ -37,7 +33,7 @@ def local_checkpoint_root(storage_path: str | None, run_name: str) -> str | None
     Local mode writes with plain file I/O, so with a URI storage it has no checkpoint
     folder (a killed local-mode run restarts from scratch; worker groups still persist).
     """
-    if storage_path is None or is_storage_uri(storage_path):
+    if storage_path is None or is_uri(storage_path):
         return None
     return str(Path(storage_path) / run_name / LOCAL_CHECKPOINT_DIR)
 
@@ -59,9 +55,10 @@ def run_torch_trainer(
     group's ~15-20 s start, but RunConfig callbacks are skipped). Raises the Train error
     when the run fails after ``resources.max_failures`` restarts.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from cadc_ray.console import train_log_level
     from cadc_ray.runtime.ingest import WholeRowsDataConfig
 
     resources = config.resources
@@ -83,6 +80,9 @@ def run_torch_trainer(
         failure_config=FailureConfig(max_failures=resources.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
         callbacks=list(callbacks) if callbacks else None,
+        # Train's INFO lines (every checkpoint and report) go to its log files only.
+        # Train V2's RunConfig (the runtime one) has logging_config; the stubs are V1's.
+        logging_config=LoggingConfig(log_level=train_log_level()),  # type: ignore[call-arg]
     )
     trainer = TorchTrainer(
         train_loop,

@@ -6,7 +6,7 @@ to it in the worker with a seeded generator (the same rows on every rank); LogQ'
 frequencies come from the (rebalanced) training stream.
 
 Pretrained tables arrive as ``[ObjectRef]`` (wrapped: a bare top-level ref would be
-resolved and copied by value, RAY_NOTES) and are ``ray.get`` in the worker: zero-copy,
+resolved and copied by value: docs/ray_notes.md, "Object store") and are ``ray.get`` in the worker: zero-copy,
 read-only numpy that frozen techniques wrap and ``init`` copies.
 
 Every epoch: train, then (every ``train.eval_every`` epochs and at the last) full-ranking
@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class TTNNInputs:
 class TTNNResult:
     test_metrics: dict[str, float]  # at the best epoch; fractions
     best_val_metrics: dict[str, float]
-    best_epoch: int  # 1-based
+    best_epoch: int  # 1-based; 0 = before any step (``residual``: the teacher itself)
     epochs_run: int
     early_stopped: bool
     seconds: float  # wall time of the stage, worker start-up included
@@ -71,6 +72,11 @@ class TTNNResult:
     frozen_parameters: int
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_path: str | None = None
+    # The pretrained teacher alone on the test users (fractions); {} without a scoring teacher.
+    teacher_test_metrics: dict[str, float] = field(default_factory=dict)
+    # models.id_tables.model_bytes: trainable, frozen, lookup and total bytes.
+    model_bytes: dict[str, int] = field(default_factory=dict)
+    id_table_compression: float = 1.0  # full id-table bytes / actual id-table bytes
 
 
 def build_ttnn_inputs(
@@ -93,7 +99,7 @@ def build_ttnn_inputs(
             "pretrained tables"
         )
     if pretrained is not None and (not isinstance(pretrained, list) or len(pretrained) != 1):
-        raise ValueError("pretrained must be a one-element list [ObjectRef] (RAY_NOTES)")
+        raise ValueError("pretrained must be a one-element list [ObjectRef] (docs/ray_notes.md)")
     manifest = Manifest.load(prepared)
     train_path = (
         Path(split.train_dir)
@@ -125,10 +131,13 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     from cadc_ray.baselines import item_log_frequency, rebalance
+    from cadc_ray.console import StageProgress, quiet_train_worker
     from cadc_ray.data import load_entity_features, read_held_out
     from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
     from cadc_ray.methods import METHODS, resolved_integration
     from cadc_ray.models import build_two_tower, count_parameters
+    from cadc_ray.models.id_tables import id_table_compression, model_bytes
+    from cadc_ray.models.pretrained import teacher_scorer
     from cadc_ray.runtime.checkpoint import (
         FORMAT_VERSION,
         capture_rng_state,
@@ -154,6 +163,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     from cadc_ray.training.optim import make_optimizer
     from cadc_ray.training.samplers import build_negative_sampler
 
+    quiet_train_worker()
     config = config_from_loop(loop_config)
     settings = config.train
     spec = METHODS[config.method]
@@ -203,8 +213,14 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         item_features,
         pretrained,
         resolved_integration(config.method, config.model.integration),
+        # Access counts in the training data, for the frequency-aware id tables (METHOD 2).
+        id_counts={
+            "user": np.bincount(train_users, minlength=num_users),
+            "item": np.bincount(train_items, minlength=num_items),
+        },
     )
     trainable_parameters, frozen_parameters = count_parameters(base)
+    size_bytes, compression = model_bytes(base), id_table_compression(base)
     model = ray.train.torch.prepare_model(base)  # DDP when world_size > 1; `base` stays inner
     optimizer = make_optimizer(base, settings.learning_rate, settings.weight_decay)
     sampler = build_negative_sampler(settings.negative_sampler, num_items, train_items)
@@ -213,14 +229,20 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     rank_slice = slice(worker.rank, None, worker.world_size)
 
     def evaluate(
-        eval_users: np.ndarray, heldout_items: np.ndarray, extra_mask: np.ndarray | None
+        eval_users: np.ndarray,
+        heldout_items: np.ndarray,
+        extra_mask: np.ndarray | None,
+        scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        """Full ranking over this rank's slice of the users, sums all-reduced -> fractions."""
+        """Full ranking over this rank's slice of the users, sums all-reduced -> fractions.
+
+        ``scorer``: ``users (B,) -> (B, num_items)``; default the model's own ranking.
+        """
         base.eval()
         mine = eval_users[rank_slice]
         if mine.size:
             sums = full_ranking_sums(
-                base.ranking_scorer(),
+                base.ranking_scorer() if scorer is None else scorer,
                 mine,
                 heldout_items[rank_slice],
                 held_out.known,
@@ -261,14 +283,29 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     gauges = stage_gauges(STAGE, loop_config["run_name"]) if worker.rank == 0 else None
     timer = EpochTimer()
+    progress = StageProgress(STAGE, settings.epochs, start_epoch)
     early_stopped = stopper.should_stop and start_epoch < settings.epochs
     selection = config.eval.selection_metric
+    if resumed is None and resolved_integration(config.method, config.model.integration) == (
+        "residual"
+    ):
+        # Before any step the residual model *is* the teacher (its correction starts at 0):
+        # validating it as "epoch 0" lets early stopping keep the teacher (best_epoch 0) when
+        # training on the sample never beats it on validation. Not a report: Tune's
+        # iterations stay one per epoch.
+        last_val = evaluate(held_out.val_users, held_out.val_items, None)
+        stopper.update(0, last_val[selection])
+        best_val = dict(last_val)
+        best_state = copy.deepcopy(base.state_dict())
+        if worker.rank == 0:
+            logger.info("ttnn epoch 0 (the teacher): %s %.4f", selection, last_val[selection])
     for epoch in range(start_epoch, settings.epochs):
         if stopper.should_stop:  # resumed after the stopping epoch's report
             early_stopped = True
             break
         reseed_global_rng(seed, worker.rank, epoch)
-        generator = seeded_generator(seed, "negatives", worker.rank, epoch)
+        # Negatives drawn where the batches are: no host-to-device copy per step.
+        generator = seeded_generator(seed, "negatives", worker.rank, epoch, device=worker.device)
         batches = (
             (users[rows], items[rows])
             for rows in epoch_batches(num_rows, settings.batch_size, seed, epoch, worker)
@@ -322,16 +359,11 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             }
             if gauges is not None:
                 gauges.record_epoch(epoch + 1, samples_per_second, last_val.get("hr@10"))
-            logger.info(
-                "ttnn epoch %d: loss %.4f, %s %.4f (best %.4f at epoch %d), %.0f samples/s",
-                epoch + 1,
-                metrics["loss"],
-                selection,
-                last_val.get(selection, float("nan")),
-                best_val.get(selection, float("nan")),
-                stopper.best_epoch or 0,
-                samples_per_second,
+            validation = (
+                f"val {selection} {last_val.get(selection, float('nan')):.4f} (best "
+                f"{best_val.get(selection, float('nan')):.4f} at epoch {stopper.best_epoch or 0})"
             )
+            logger.info(progress.line(epoch + 1, metrics["loss"], samples_per_second, validation))
         report_epoch(metrics, state, worker, epoch + 1, loop_config["local_checkpoint_root"])
         if stopper.should_stop:
             early_stopped = epoch + 1 < settings.epochs
@@ -341,6 +373,14 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if best_state:
         base.load_state_dict(best_state)
     test = evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask)
+    # The teacher alone on the same test users and masks: the reference the TTNN is read
+    # against (Figure 1's "teacher" line); {} when the tables cannot score (mf_mlp).
+    teacher = None if pretrained is None else teacher_scorer(pretrained)
+    teacher_test = (
+        {}
+        if teacher is None
+        else evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask, teacher)
+    )
     if worker.rank != 0:
         return None
     return {
@@ -354,6 +394,9 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "train_interactions": num_rows,
         "trainable_parameters": trainable_parameters,
         "frozen_parameters": frozen_parameters,
+        "model_bytes": size_bytes,
+        "id_table_compression": compression,
+        "teacher_test": teacher_test,
     }
 
 
@@ -420,6 +463,9 @@ def fit_ttnn(
         train_interactions=int(output["train_interactions"]),
         trainable_parameters=int(output["trainable_parameters"]),
         frozen_parameters=int(output["frozen_parameters"]),
+        model_bytes=dict(output["model_bytes"]),
+        id_table_compression=float(output["id_table_compression"]),
         history=list(output["history"]),
         checkpoint_path=checkpoint.path if checkpoint is not None else None,
+        teacher_test_metrics=dict(output["teacher_test"]),
     )

@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,12 +156,6 @@ def all_reduce_sums(values: Sequence[float], worker: WorkerInfo) -> list[float]:
     return [float(v) for v in tensor.cpu().tolist()]
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, torch.nn.Module) else model
-
-
 def restore_from_train_checkpoint() -> dict[str, Any] | None:
     """The state of ``ray.train.get_checkpoint()`` (a resumed run), else None."""
     import ray.train
@@ -172,6 +167,26 @@ def restore_from_train_checkpoint() -> dict[str, Any] | None:
         state = load_checkpoint(folder)
     logger.info("resuming from checkpoint after epoch %d", state["epoch"])
     return state
+
+
+_EPOCH_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+"""Called with each rank-0 epoch report in this process (see :func:`epoch_listener`)."""
+
+
+@contextmanager
+def epoch_listener(listener: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Registers ``listener`` for the epoch reports of Train runs in this process.
+
+    Train V2's local mode (``num_workers=0``) runs the loop in-process and has no
+    RunConfig callbacks; this is how a sweep still sees each epoch there (the sweep's
+    local-mode task streams them to its Tune trial). Worker groups run elsewhere and
+    use ``SweepReportCallback`` instead.
+    """
+    _EPOCH_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _EPOCH_LISTENERS.remove(listener)
 
 
 def report_epoch(
@@ -191,6 +206,9 @@ def report_epoch(
     import ray.train
 
     clean = dict(metrics)
+    if worker.rank == 0:
+        for listener in list(_EPOCH_LISTENERS):
+            listener(dict(clean))
     if worker.rank != 0 or state is None:
         ray.train.report(clean, checkpoint=None)
         return

@@ -3,6 +3,7 @@
 - :mod:`cadc_ray.sweep.spec`: the typed sweep spec, validated on load (no Ray needed);
 - :mod:`cadc_ray.sweep.space`: conditionals/coupling, grid points, the Optuna space;
 - :mod:`cadc_ray.sweep.driver`: shared setup + pretraining once, the Tune trials;
+- :mod:`cadc_ray.sweep.outcome`: what a finished sweep did (from the driver to the report);
 - :mod:`cadc_ray.sweep.report`: results table, best config, plots;
 - :mod:`cadc_ray.sweep.cli`: the command line (``main``).
 

@@ -48,14 +48,86 @@ class SweepReportCallback(TuneReportCallback):
         super().after_report(run_context, filled, checkpoint)
 
 
+BEST_SO_FAR_PREFIX = "best_"
+"""A per-epoch report holds ``best_val_<m>``: the best validation value up to that epoch."""
+
+ELAPSED_KEY = "time_total_s"
+"""Seconds since the trial started, which Tune adds to every result."""
+
+
+def objective_values(
+    result: Mapping[str, Any] | None, metrics: Sequence[str]
+) -> list[float] | None:
+    """The values Optuna is told for a trial's last result, or None (no usable value).
+
+    A finished trial's last result is its summary: the metrics as they are (``val_<m>``
+    is the validation value of the selected epoch). A trial that ASHA stopped ended on a
+    per-epoch report, where ``val_<m>`` is that epoch's value and final-only metrics are
+    NaN placeholders: a validation objective then takes ``best_val_<m>`` (the best
+    validation value so far: what the summary would have reported had the trial ended
+    there) and ``total_seconds`` pretraining + the trial's seconds so far. Anything else
+    missing gives None (the trial is told as pruned, never NaN).
+    """
+    if not result:
+        return None
+    values = []
+    for metric in metrics:
+        value = None
+        if metric.startswith("val_"):  # only per-epoch reports hold best_val_<m>
+            value = _finite_or_none(result.get(BEST_SO_FAR_PREFIX + metric))
+        if value is None:
+            value = _finite_or_none(result.get(metric))
+        if value is None and metric == "total_seconds":
+            elapsed = _finite_or_none(result.get(ELAPSED_KEY))
+            pretrain = _finite_or_none(result.get("pretrain_seconds")) or 0.0
+            value = None if elapsed is None else pretrain + elapsed
+        if value is None:
+            return None
+        values.append(value)
+    return values
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 class FinalResultOptunaSearch(OptunaSearch):
-    """OptunaSearch that learns from each trial's final result only.
+    """OptunaSearch that learns from each trial's last result only, never from a NaN.
 
     Intermediate (per-epoch) results carry NaN placeholders for final-only metrics and
-    no Optuna pruner runs (ASHA stops trials), so they are not told to Optuna.
+    no Optuna pruner runs (ASHA stops trials), so they are not told to Optuna. A trial
+    stopped early is told the values of :func:`objective_values` (state COMPLETE), an
+    errored trial FAIL, and one without any usable value PRUNED. Ray's own
+    ``on_trial_complete`` would tell Optuna the NaN placeholders, which Optuna records
+    as a failed trial.
     """
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        return None
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return None
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = None if error else objective_values(result, metrics)
+        trial = self._ot_trials[trial_id]
+        study: Any = self._ot_study  # set up by OptunaSearch (a space was given)
+        try:
+            if values is None:
+                state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+                study.tell(trial, None, state=state, skip_if_finished=True)
+            else:
+                study.tell(trial, values if len(values) > 1 else values[0], skip_if_finished=True)
+        except (ValueError, RuntimeError) as exc:
+            # e.g. a resumed sweep re-running a trial its stored study already holds.
+            logger.warning("Optuna trial of %s not updated: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
         return None
 
 

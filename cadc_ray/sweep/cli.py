@@ -9,10 +9,10 @@ Tune saved its state, finish with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from cadc_ray.config import ConfigError
+from cadc_ray.console import setup_console
 
 EXIT_CONFIG_ERROR = 2
 EXIT_ALL_FAILED = 1
@@ -50,15 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check", action="store_true", help="validate the spec and list the trials, then exit"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's own progress (Ray Data operators, Train reports) on the console",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_console(verbose=args.verbose)
     from cadc_ray.sweep.spec import load_spec
 
     try:
@@ -79,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         if spec.searcher.kind == "grid":
             for index, point in enumerate(grid_points(spec)):
                 print(f"  trial {index}: {point}")
+        elif spec.study_per is not None:
+            searched = [key for key, _ in spec.space if key != spec.study_per]
+            values = spec.space_dict[spec.study_per].values
+            print(
+                f"  one study of {spec.num_samples} Optuna trials over {searched} per "
+                f"{spec.study_per} in {list(values)}, then each best at seeds "
+                f"{list(spec.final_seeds)}"
+            )
         else:
             print(f"  {spec.num_samples} Optuna trials over {[key for key, _ in spec.space]}")
         pretraining = distinct_pretrain_configs(trial_configs_for_setup(spec))

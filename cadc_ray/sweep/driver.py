@@ -1,6 +1,6 @@
 """The sweep driver: shared setup once, then Ray Tune trials that each run a TorchTrainer.
 
-Shape (RAY_NOTES "Train inside Tune"): a Tune *function* trainable, :func:`run_trial`,
+Shape (docs/ray_notes.md, "Train inside Tune"): a Tune *function* trainable, :func:`run_trial`,
 builds and fits the TTNN's ``TorchTrainer`` through :func:`cadc_ray.runtime.ttnn.fit_ttnn`
 with ``RunConfig(name=f"train-{trial_id}", callbacks=[SweepReportCallback()])`` — never
 ``Tuner(trainer)``, which Train V2 does not support.
@@ -13,7 +13,8 @@ Before ``Tuner.fit`` the driver, once:
    every ``pretrain.*`` field, seed), saves the tables under ``<output>/pretrained/``
    (so ``--resume`` does not pretrain again) and ``ray.put``s each table set ONCE;
 3. hands the refs to the trials wrapped in lists inside :class:`TrialContext` through
-   ``tune.with_parameters`` (a bare top-level ref would be resolved by value: RAY_NOTES).
+   ``tune.with_parameters`` (a bare top-level ref would be resolved by value and copied
+   into every trial: docs/ray_notes.md, "Object store").
 
 Trials cap their concurrency with a custom resource (``cadc_trial_slot``) when the
 cluster has it (a Ray started by the sweep does), so a trial's driver does not hold a
@@ -31,15 +32,18 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from cadc_ray.atomic import write_text_atomic
-from cadc_ray.config import ConfigError, ExperimentConfig, replace_dotted, to_dict
+from cadc_ray.atomic import write_atomic, write_text_atomic
+from cadc_ray.config import ConfigError, ExperimentConfig, absolute_paths, to_dict
+from cadc_ray.console import ray_runtime_env
+from cadc_ray.storage import is_uri
+from cadc_ray.sweep.outcome import SweepOutcome
 from cadc_ray.sweep.space import (
     TRIAL_KEY,
     OptunaSpace,
@@ -50,7 +54,7 @@ from cadc_ray.sweep.space import (
     resolve_trial_config,
     trial_configs_for_setup,
 )
-from cadc_ray.sweep.spec import SweepSpec, is_uri, known_metrics
+from cadc_ray.sweep.spec import TEACHER_TEST_PREFIX, SweepSpec, known_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ TUNE_DIR = "tune"
 TRAIN_DIR = "train"
 PRETRAINED_DIR = "pretrained"
 SPEC_FILE = "spec.json"
+STUDY_FILE = "optuna.journal"
+"""The Optuna study of an Optuna sweep without ``searcher.storage`` (in the output folder)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,21 +103,6 @@ class TrialContext:
     metric_names: tuple[str, ...]
 
 
-@dataclass
-class SweepOutcome:
-    """What a finished (or resumed) sweep did; the files are in ``output_dir``."""
-
-    output_dir: Path
-    records: list[dict[str, Any]]
-    pretrain_runs: list[str] = field(default_factory=list)  # keys pretrained in this call
-    pretrain_loaded: list[str] = field(default_factory=list)  # keys loaded from disk (resume)
-    pretrained_ref_ids: dict[str, str] = field(default_factory=dict)  # key -> ObjectRef hex
-    wall_seconds: float = 0.0
-    files: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False  # Tune stopped before every trial ended (e.g. Ctrl-C): --resume
-    storage_root: str = ""  # where tune/ and train/ live (output_dir, or storage_path/<name>)
-
-
 def data_key(config: ExperimentConfig) -> str:
     """Identity of a trial's dataset (everything in ``data`` but the sample)."""
     data = {
@@ -128,9 +119,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable: one TTNN training run, reported to Tune.
 
     Per-epoch validation metrics reach Tune through ``SweepReportCallback`` (Train
-    worker groups). Local mode (``num_workers: 0``) runs in a Ray task (see
-    :data:`_local_mode_fit`) and skips RunConfig callbacks: only the final summary is
-    reported then. The final report carries every metric of
+    worker groups) or, in local mode (``num_workers: 0``, which skips RunConfig
+    callbacks), from the Ray task that trains (see :data:`_local_mode_fit`): it streams
+    each epoch's report back and this function passes it on, so ASHA works in both
+    modes. The final report carries every metric of
     :func:`cadc_ray.sweep.spec.known_metrics` plus bookkeeping (pretraining key and the
     id of the ObjectRef the trial read).
     """
@@ -138,7 +130,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
 
     from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
-    from cadc_ray.sweep.callbacks import SweepReportCallback
+    from cadc_ray.sweep.callbacks import SweepReportCallback, epoch_result
 
     overrides: dict[str, Any] = dict(config[TRIAL_KEY])
     trial_config = resolve_trial_config(context.base_config, overrides)
@@ -167,11 +159,25 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             callbacks=[SweepReportCallback(context.metric_names, pretrain_seconds)],
         )
     else:
-        result = ray.get(
-            _local_mode_fit.options(
-                **local_mode_task_options(trial_config, context.use_gpu)
-            ).remote(trial_config, inputs, context.use_gpu, run_name, context.train_storage_path)
-        )
+        stream = _local_mode_fit.options(
+            **local_mode_task_options(trial_config, context.use_gpu)
+        ).remote(trial_config, inputs, context.use_gpu, run_name, context.train_storage_path)
+        result = None
+        try:
+            for ref in stream:
+                kind, payload = ray.get(ref)
+                if kind == EPOCH_EVENT:
+                    tune.report(epoch_result(payload, context.metric_names, pretrain_seconds))
+                else:
+                    result = payload
+        finally:
+            # After an ASHA stop the next tune.report raises SystemExit in this thread
+            # (or Tune ends the actor first, and Ray the tasks it owns): the training
+            # task must not go on using the trial's CPUs.
+            if result is None:
+                ray.cancel(stream, force=True)
+        if result is None:
+            raise RuntimeError(f"trial {trial_id}: the local-mode fit ended without a result")
     finished_at = time.time()
     summary = trial_summary(result, pretrain_seconds)
     summary.update(
@@ -193,15 +199,54 @@ def local_mode_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str
         "num_gpus": 1 if use_gpu else 0,
         # Outside the trial's placement group (Tune captures child tasks into it).
         "scheduling_strategy": "DEFAULT",
+        # A generator task: each epoch's report is an object the trial reads as it comes.
+        "num_returns": "streaming",
     }
+
+
+EPOCH_EVENT = "epoch"
+RESULT_EVENT = "result"
 
 
 def _local_mode_fit_impl(
     config: ExperimentConfig, inputs: Any, use_gpu: bool, run_name: str, storage_path: str
-) -> Any:
-    from cadc_ray.runtime.ttnn import fit_ttnn
+) -> Iterator[tuple[str, Any]]:
+    """Yields ``(EPOCH_EVENT, metrics)`` per epoch, then ``(RESULT_EVENT, TTNNResult)``.
 
-    return fit_ttnn(config, inputs, use_gpu=use_gpu, run_name=run_name, storage_path=storage_path)
+    The fit runs on a thread of this task's process, where the epoch loop's reports
+    reach :func:`cadc_ray.runtime.worker.epoch_listener`; this generator hands them on
+    as they come (a Ray streaming generator), so the trial can report each epoch to
+    Tune while the fit goes on. The fit's exception is raised here.
+    """
+    import queue
+
+    from cadc_ray.runtime.ttnn import fit_ttnn
+    from cadc_ray.runtime.worker import epoch_listener
+
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            with epoch_listener(lambda metrics: events.put((EPOCH_EVENT, metrics))):
+                result = fit_ttnn(
+                    config, inputs, use_gpu=use_gpu, run_name=run_name, storage_path=storage_path
+                )
+            events.put((RESULT_EVENT, result))
+        except BaseException as error:  # re-raised in the task, which Ray reports
+            failure.append(error)
+            events.put(("error", None))
+
+    thread = threading.Thread(target=fit, name=f"{run_name}-fit", daemon=True)
+    thread.start()
+    while True:
+        kind, payload = events.get()
+        if failure:
+            raise failure[0]
+        yield kind, payload
+        if kind == RESULT_EVENT:
+            thread.join()
+            return
 
 
 class _RemoteFunction:
@@ -222,8 +267,9 @@ class _RemoteFunction:
 _local_mode_fit = _RemoteFunction(_local_mode_fit_impl)
 """Train V2 local mode refuses to run inside a Tune trial's process (``ray.train.*``
 raises a DeprecationWarning there, ray #49454), so a ``num_workers: 0`` trial runs its
-in-process TorchTrainer in a plain Ray task instead: no worker-group start (~15-20 s),
-a pooled worker process. The task takes the trial's CPUs; the trial's actor only waits."""
+in-process TorchTrainer in a Ray (generator) task instead: no worker-group start
+(~15-20 s), a pooled worker process. The task takes the trial's CPUs; the trial's actor
+reports the epochs the task streams back."""
 
 
 def trial_summary(result: Any, pretrain_seconds: float) -> dict[str, Any]:
@@ -233,6 +279,9 @@ def trial_summary(result: Any, pretrain_seconds: float) -> dict[str, Any]:
         metrics[f"val_{name}"] = float(value)
     for name, value in result.test_metrics.items():
         metrics[f"test_{name}"] = float(value)
+    # The teacher alone (Figure 1's reference line); absent for mf_mlp and non-CADC methods.
+    for name, value in getattr(result, "teacher_test_metrics", {}).items():
+        metrics[f"{TEACHER_TEST_PREFIX}{name}"] = float(value)
     train_seconds = float(result.seconds)
     metrics.update(
         {
@@ -245,6 +294,9 @@ def trial_summary(result: Any, pretrain_seconds: float) -> dict[str, Any]:
             "epochs_run": int(result.epochs_run),
             "early_stopped": bool(result.early_stopped),
             "train_interactions": int(result.train_interactions),
+            # Model size (METHOD 2): all bytes, and how much the id tables shrank.
+            "model_bytes": int(getattr(result, "model_bytes", {}).get("total", 0)),
+            "id_table_compression": float(getattr(result, "id_table_compression", 1.0)),
         }
     )
     return metrics
@@ -254,8 +306,29 @@ def trial_summary(result: Any, pretrain_seconds: float) -> dict[str, Any]:
 # Searcher and scheduler
 
 
-def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any]]:
-    """(search_alg or None, param_space) for the spec's searcher."""
+def study_storage(spec: SweepSpec, output_dir: Path) -> Any:
+    """The Optuna study's storage: ``searcher.storage`` (an RDB URL), else a journal file.
+
+    The journal file (:data:`STUDY_FILE` in the output folder) holds every trial told to
+    Optuna as it happens; ``--resume`` continues the same study (Tune's searcher state
+    points at it) and ``optuna-dashboard <output_dir>/optuna.journal`` opens it.
+    """
+    import optuna
+
+    if spec.searcher.storage is not None:
+        return optuna.storages.RDBStorage(spec.searcher.storage)
+    from optuna.storages.journal import JournalFileBackend
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(output_dir / STUDY_FILE)))
+
+
+def build_search(spec: SweepSpec, output_dir: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """(search_alg or None, param_space) for the spec's searcher.
+
+    Optuna's study is stored (:func:`study_storage`) when ``output_dir`` is given,
+    in memory otherwise.
+    """
     from ray import tune
 
     if spec.searcher.kind == "grid":
@@ -278,6 +351,7 @@ def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any]]:
         mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler,
         study_name=spec.name,
+        storage=None if output_dir is None else study_storage(spec, output_dir),
     )
     return searcher, {}
 
@@ -330,20 +404,20 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
         from cadc_ray.runtime.session import init_ray
 
         return init_ray(target, include_dashboard=spec.ray.include_dashboard)
-    # Train V2 runs appear in the dashboard only when this is set before ray.init (RAY_NOTES).
+    # Train V2 runs appear in the dashboard only when this is set before ray.init
+    # (docs/ray_notes.md, "Dashboard").
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    resources = spec.base_config.resources
-    per_trial = max(resources.num_workers, 1) * resources.cpus_per_worker
-    # Logical CPUs may exceed physical ones; what matters is that the trials' Train
-    # workers never reserve every CPU, or Ray Data gets none and hangs (RAY_NOTES).
-    num_cpus = spec.ray.num_cpus or max(
-        os.cpu_count() or 1, per_trial * spec.max_concurrent_trials + 1
+    from cadc_ray.runtime.session import local_ray_cpus
+
+    num_cpus = spec.ray.num_cpus or local_ray_cpus(
+        spec.base_config.resources, spec.max_concurrent_trials
     )
     options: dict[str, Any] = {
         "address": "local",
         "num_cpus": num_cpus,
         "resources": {TRIAL_SLOT_RESOURCE: float(spec.max_concurrent_trials)},
         "include_dashboard": spec.ray.include_dashboard,
+        "runtime_env": ray_runtime_env(),
     }
     if spec.ray.object_store_memory_mb is not None:
         options["object_store_memory"] = spec.ray.object_store_memory_mb * 1024 * 1024
@@ -354,16 +428,6 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
     )
     ray.init(**options)
     return True
-
-
-def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
-    """Trials run with another working directory (Tune's trial dir): paths made absolute."""
-    values: dict[str, Any] = {"output_root": str(Path(config.output_root).resolve())}
-    if config.data.path is not None:
-        values["data.path"] = str(Path(os.path.expandvars(config.data.path)).expanduser().resolve())
-    if config.data.prepared_dir is not None:
-        values["data.prepared_dir"] = str(Path(config.data.prepared_dir).resolve())
-    return replace_dotted(config, values)
 
 
 def prepare_datasets(configs: Sequence[ExperimentConfig]) -> dict[str, DatasetInputs]:
@@ -398,13 +462,16 @@ def prepare_datasets(configs: Sequence[ExperimentConfig]) -> dict[str, DatasetIn
 
 def save_pretrained(folder: Path, key: str, tables: Any, seconds: float) -> None:
     """``<key>.npz`` (user, item) + ``<key>.json`` (pretrainer, seconds), each atomic."""
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{key}.tmp-{os.getpid()}.npz"
-    np.savez(temporary, user=tables.user, item=tables.item)
-    os.replace(temporary, folder / f"{key}.npz")
+    # keep_suffix: np.savez appends ".npz" to a name that lacks it
+    write_atomic(
+        folder / f"{key}.npz",
+        lambda temporary: np.savez(temporary, user=tables.user, item=tables.item),
+        keep_suffix=True,
+    )
     meta = {
         "key": key,
         "pretrainer": tables.pretrainer,
+        "global_bias": float(tables.global_bias),
         "seconds": seconds,
         "width": int(tables.user.shape[1]),
     }
@@ -419,9 +486,16 @@ def load_pretrained(folder: Path, key: str) -> tuple[Any, float] | None:
     if not (meta_file.is_file() and table_file.is_file()):
         return None
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if "global_bias" not in meta:
+        # Saved before the tables carried the teacher's global bias (and before the ALS
+        # export was calibrated, docs/method_notes.md): pretrain again rather than guess.
+        return None
     with np.load(table_file) as arrays:
         tables = PretrainedTables(
-            user=arrays["user"], item=arrays["item"], pretrainer=meta["pretrainer"]
+            user=arrays["user"],
+            item=arrays["item"],
+            pretrainer=meta["pretrainer"],
+            global_bias=float(meta["global_bias"]),
         )
     return tables, float(meta["seconds"])
 
@@ -472,7 +546,7 @@ def pretrain_all(
             save_pretrained(folder, key, tables, pretrain_seconds)
             outcome.pretrain_runs.append(key)
         ref = ray.put(tables)
-        refs[key] = [ref]  # wrapped: trials get the reference, not a copy (RAY_NOTES)
+        refs[key] = [ref]  # wrapped: trials get the reference, not a copy (docs/ray_notes.md)
         seconds[key] = pretrain_seconds
         outcome.pretrained_ref_ids[key] = ref.hex()
     return refs, seconds
@@ -609,6 +683,12 @@ def check_output_dir(spec: SweepSpec, output_dir: Path, resume: bool) -> None:
             f"{spec.source}: {tune_dir} already holds a sweep: pass --resume to "
             "finish it, or --set output_dir=... (or storage_path=...) for a new one"
         )
+    if (output_dir / STUDY_FILE).exists():
+        # A fresh sweep would continue that study and mix its trials into this one.
+        raise ConfigError(
+            f"{spec.source}: {output_dir / STUDY_FILE} holds an Optuna study: pass --resume, "
+            "or use a new output_dir"
+        )
 
 
 def comparable_spec(spec: SweepSpec) -> dict[str, Any]:
@@ -634,6 +714,13 @@ def run_sweep(
     dataset's raw input is checked before that. While it runs, SIGTERM stops the sweep
     like SIGINT (Tune saves its state; ``outcome.interrupted``; ``--resume`` finishes it).
     """
+    if spec.study_per is not None:
+        # One study per value, then seeds of each best: several sweeps (sweep.tuned).
+        from cadc_ray.sweep.tuned import run_tuned
+
+        check_data_inputs(spec, trial_configs_for_setup(spec))
+        outcome: SweepOutcome = run_tuned(spec, resume=resume, address=address, callbacks=callbacks)
+        return outcome
     output_dir = spec.output_dir.resolve()
     base = absolute_paths(spec.base_config)
     spec_abs = _with_base(spec, base)
@@ -719,7 +806,7 @@ def _run_started_sweep(
     has_slot = float(ray.cluster_resources().get(TRIAL_SLOT_RESOURCE, 0)) >= 1
     resources = trial_resources(base, use_gpu, has_slot)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-    searcher, param_space = build_search(spec_abs)
+    searcher, param_space = build_search(spec_abs, output_dir)
     if resume:
         tuner = tune.Tuner.restore(
             tune_path, trainable=trainable, param_space=param_space, resume_errored=True

@@ -12,8 +12,11 @@ Files in the sweep's output folder:
   ``python -m cadc_ray.run``; ``best.json``: that trial's id, overrides and metrics, and
   for several objectives the Pareto front;
 - ``plots/quality_vs_ratio.png`` (HR@10 and NDCG@10 vs filter ratio per method, log-x:
-  the paper's Figure 1; GS as a horizontal reference) when the sweep has 2+ ratios, and
+  the paper's Figure 1; GS and each teacher alone as horizontal references) when the
+  sweep has 2+ ratios, and
   ``plots/quality_vs_time.png`` (test HR@10 vs total seconds);
+- with several objectives: ``pareto.md`` (the Pareto set: searched values, objectives)
+  and ``plots/pareto_front.png`` (first objective vs second, the front highlighted);
 - ``summary.json``: wall time, trial counts, pretraining runs, peak trial concurrency.
 """
 
@@ -23,21 +26,19 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from cadc_ray.atomic import write_text_atomic
+from cadc_ray.atomic import write_atomic, write_text_atomic
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.methods import METHODS, resolved_integration
+from cadc_ray.sweep.outcome import SweepOutcome
 from cadc_ray.sweep.space import TRIAL_KEY, resolve_trial_config
-from cadc_ray.sweep.spec import Objective, SweepSpec
-
-if TYPE_CHECKING:
-    from cadc_ray.sweep.driver import SweepOutcome
+from cadc_ray.sweep.spec import TEACHER_TEST_PREFIX, Objective, SweepSpec
 
 STANDARD_KEYS = (
     "method",
@@ -60,6 +61,8 @@ COST_COLUMNS = (
     "epochs_run",
     "early_stopped",
     "train_interactions",
+    "model_bytes",
+    "id_table_compression",
 )
 
 METHOD_ORDER = {name: index for index, name in enumerate(METHODS)}
@@ -140,6 +143,8 @@ def table_columns(records: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> li
         for split in ("val", "test")
         for name in ("hr", "ndcg")
     ]
+    # The teacher alone on the same test users (pretraining methods; empty elsewhere).
+    teacher = [f"{TEACHER_TEST_PREFIX}{name}@{k}_pct" for k in ks for name in ("hr", "ndcg")]
     return [
         "trial_id",
         "status",
@@ -153,6 +158,7 @@ def table_columns(records: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> li
         "seed",
         *searched,
         *quality,
+        *teacher,
         *COST_COLUMNS,
         "pretrain_key",
     ]
@@ -319,61 +325,111 @@ def _series_label(config: ExperimentConfig, integrations: Collection[str]) -> st
     return label
 
 
-def plot_quality_vs_ratio(records: Sequence[Mapping[str, Any]], path: Path, k: int = 10) -> bool:
-    """HR@k and NDCG@k (test, %) vs filter ratio, one line per method, log-x.
+PRETRAINER_LABELS = {"mf": "MF", "mf_mlp": "MF-MLP", "als": "ALS"}
 
-    Full-data methods (GS) are horizontal reference lines. Returns False (and writes
-    nothing) when fewer than two filter ratios were trained on a sample.
+
+@dataclass(frozen=True)
+class RatioPlotData:
+    """What Figure 1 draws for one metric (test, %).
+
+    ``series``: label -> ``[(filter_ratio, mean over repeats)]`` sorted by ratio, one line per
+    sampled method (and integration). ``references``: label -> value, horizontal lines for
+    the full-data methods (``GS (all data)``) and each teacher alone (``MF teacher alone``,
+    the mean of the trials' ``teacher_test_*``, which no filter ratio changes).
     """
+
+    metric: str  # "hr" | "ndcg"
+    series: dict[str, list[tuple[float, float]]]
+    references: dict[str, float]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def ratio_plot_data(records: Sequence[Mapping[str, Any]], k: int = 10) -> list[RatioPlotData]:
+    """Figure 1's data (HR@k, then NDCG@k); [] when fewer than two sampled filter ratios."""
     finished = [r for r in records if r["status"] == "finished"]
     sampled = [r for r in finished if not METHODS[r["config"].method].uses_full_data]
-    ratios = {r["config"].data.filter_ratio for r in sampled}
-    if len(ratios) < 2:
+    if len({r["config"].data.filter_ratio for r in sampled}) < 2:
+        return []
+    integrations = {
+        resolved_integration(r["config"].method, r["config"].model.integration)
+        for r in finished
+        if METHODS[r["config"].method].pretrainer is not None
+    }
+    panels = []
+    for metric in ("hr", "ndcg"):
+        name = f"{metric}@{k}"
+        points: dict[str, dict[float, list[float]]] = {}
+        references: dict[str, list[float]] = {}
+        for record in sorted(finished, key=sort_key):
+            config, metrics = record["config"], record["metrics"]
+            spec = METHODS[config.method]
+            teacher = metrics.get(TEACHER_TEST_PREFIX + name)
+            if spec.pretrainer is not None and _finite(teacher):
+                label = f"{PRETRAINER_LABELS[spec.pretrainer]} teacher alone"
+                references.setdefault(label, []).append(100.0 * teacher)
+            value = metrics.get(f"test_{name}")
+            if not _finite(value):
+                continue
+            label = _series_label(config, integrations)
+            if spec.uses_full_data:
+                references.setdefault(f"{label} (all data)", []).append(100.0 * value)
+            else:
+                by_ratio = points.setdefault(label, {})
+                by_ratio.setdefault(config.data.filter_ratio, []).append(100.0 * value)
+        panels.append(
+            RatioPlotData(
+                metric=metric,
+                # Repeats (e.g. seeds) at one ratio are averaged.
+                series={
+                    label: [(ratio, _mean(by_ratio[ratio])) for ratio in sorted(by_ratio)]
+                    for label, by_ratio in points.items()
+                },
+                references={label: _mean(values) for label, values in references.items()},
+            )
+        )
+    return panels
+
+
+def plot_quality_vs_ratio(records: Sequence[Mapping[str, Any]], path: Path, k: int = 10) -> bool:
+    """HR@k and NDCG@k (test, %) vs filter ratio, one line per method, log-x (Figure 1).
+
+    Full-data methods (GS) and each teacher alone are horizontal reference lines
+    (:func:`ratio_plot_data`). Returns False (and writes nothing) when fewer than two
+    filter ratios were trained on a sample.
+    """
+    panels = ratio_plot_data(records, k)
+    if not panels:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    integrations = {
-        resolved_integration(r["config"].method, r["config"].model.integration)
-        for r in finished
-        if METHODS[r["config"].method].pretrainer is not None
-    }
+    ratios = sorted(
+        {ratio for panel in panels for line in panel.series.values() for ratio, _ in line}
+    )
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, metric in zip(axes, ("hr", "ndcg"), strict=True):
-        name = f"test_{metric}@{k}"
-        series: dict[str, list[tuple[float, float]]] = {}
-        references: dict[str, float] = {}
-        for record in sorted(finished, key=sort_key):
-            value = record["metrics"].get(name)
-            if not _finite(value):
-                continue
-            label = _series_label(record["config"], integrations)
-            if METHODS[record["config"].method].uses_full_data:
-                references[label] = 100.0 * value
-            else:
-                series.setdefault(label, []).append(
-                    (record["config"].data.filter_ratio, 100.0 * value)
-                )
-        for label, points in series.items():
-            # Repeats (e.g. seeds) at one ratio are averaged.
-            by_ratio: dict[float, list[float]] = {}
-            for ratio, value in points:
-                by_ratio.setdefault(ratio, []).append(value)
-            xs = sorted(by_ratio)
-            axis.plot(
-                xs, [sum(by_ratio[x]) / len(by_ratio[x]) for x in xs], marker="o", label=label
-            )
-        for label, value in references.items():
+    for axis, panel in zip(axes, panels, strict=True):
+        for label, line in panel.series.items():
+            axis.plot([x for x, _ in line], [y for _, y in line], marker="o", label=label)
+        for index, (label, value) in enumerate(panel.references.items()):
+            # GS black dashed; the teachers dotted, in greys, so they never read as methods.
+            full_data = label.endswith("(all data)")
             axis.axhline(
-                value, linestyle="--", color="black", linewidth=1, label=f"{label} (all data)"
+                value,
+                linestyle="--" if full_data else ":",
+                color="black" if full_data else str(0.25 + 0.2 * (index % 3)),
+                linewidth=1.2,
+                label=label,
             )
         axis.set_xscale("log")
-        axis.set_xticks(sorted(ratios))
-        axis.set_xticklabels([f"{r:g}" for r in sorted(ratios)])
+        axis.set_xticks(ratios)
+        axis.set_xticklabels([f"{r:g}" for r in ratios])
         axis.set_xlabel("filter ratio (trained on 1/ratio of the interactions)")
-        axis.set_ylabel(f"test {'HR' if metric == 'hr' else 'NDCG'}@{k} (%)")
+        axis.set_ylabel(f"test {'HR' if panel.metric == 'hr' else 'NDCG'}@{k} (%)")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"Quality vs filter ratio (test, @{k})")
@@ -423,11 +479,167 @@ def plot_quality_vs_time(records: Sequence[Mapping[str, Any]], path: Path, k: in
     return True
 
 
+def quality_size_front(records: Sequence[Mapping[str, Any]], k: int = 10) -> list[str]:
+    """Trial ids on the Pareto front of (max test HR@k, min ``model_bytes``)."""
+    objectives = [Objective(f"test_hr@{k}", "max"), Objective("model_bytes", "min")]
+    return pareto_front(records, objectives)
+
+
+def plot_quality_vs_model_bytes(
+    records: Sequence[Mapping[str, Any]], path: Path, k: int = 10
+) -> bool:
+    """Test HR@k (%) against ``model_bytes`` (log scale), one series per id-table kind, the
+    Pareto front of (max quality, min bytes) drawn as a step line (METHOD 2)."""
+    finished = [
+        r
+        for r in records
+        if r["status"] == "finished"
+        and _finite(r["metrics"].get(f"test_hr@{k}"))
+        and _finite(r["metrics"].get("model_bytes"))
+        and r["metrics"]["model_bytes"] > 0
+    ]
+    if not finished:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def kinds(config: ExperimentConfig) -> str:
+        user = config.model.id_table.for_entity("user").kind
+        item = config.model.id_table.for_entity("item").kind
+        return user if user == item else f"{user}/{item}"
+
+    front_ids = set(quality_size_front(finished, k))
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    by_kind: dict[str, list[tuple[float, float]]] = {}
+    front: list[tuple[float, float]] = []
+    for record in finished:
+        point = (
+            float(record["metrics"]["model_bytes"]),
+            100.0 * float(record["metrics"][f"test_hr@{k}"]),
+        )
+        by_kind.setdefault(kinds(record["config"]), []).append(point)
+        if record["trial_id"] in front_ids:
+            front.append(point)
+    for label, points in sorted(by_kind.items()):
+        axis.scatter([p[0] for p in points], [p[1] for p in points], label=label)
+    front.sort()
+    axis.step(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        where="post",
+        color="black",
+        linewidth=1,
+        label="Pareto front",
+    )
+    axis.scatter(
+        [p[0] for p in front], [p[1] for p in front], facecolors="none", edgecolors="black", s=90
+    )
+    axis.set_xscale("log")
+    axis.set_xlabel("model bytes (trainable + frozen + lookup)")
+    axis.set_ylabel(f"test HR@{k} (%)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title("Quality vs model size")
+    figure.tight_layout()
+    _save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+def _objective_label(objective: Objective) -> str:
+    percent = objective.metric.startswith(("val_", "test_"))
+    return f"{objective.metric}{' (%)' if percent else ''} ({objective.mode})"
+
+
+def _objective_scale(objective: Objective) -> float:
+    """Quality objectives are plotted and tabulated in percent, the others as they are."""
+    return 100.0 if objective.metric.startswith(("val_", "test_")) else 1.0
+
+
+def pareto_markdown(
+    records: Sequence[Mapping[str, Any]], objectives: Sequence[Objective], front: Sequence[str]
+) -> str:
+    """The Pareto set as a Markdown table: trial, its searched values, every objective."""
+    by_id = {record["trial_id"]: record for record in records}
+    keys = sorted({key for trial in front for key in by_id[trial]["overrides"]})
+    header = ["trial_id", *keys, *(_objective_label(o) for o in objectives)]
+    lines = [
+        "# Pareto set",
+        "",
+        f"Finished trials no other finished trial beats on every objective ({len(front)} of "
+        f"{sum(r['status'] == 'finished' for r in records)} finished). Objectives are "
+        "validation or cost metrics; test metrics are in results.md.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    ordered = sorted(front, key=lambda t: _objective_value(by_id[t], objectives[0]) or 0.0)
+    for trial in ordered:
+        record = by_id[trial]
+        cells = [trial, *(str(record["overrides"].get(key, "–")) for key in keys)]
+        for objective in objectives:
+            value = _objective_value(record, objective)
+            cells.append("–" if value is None else f"{_objective_scale(objective) * value:.4g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto_front(
+    records: Sequence[Mapping[str, Any]],
+    objectives: Sequence[Objective],
+    front: Sequence[str],
+    path: Path,
+) -> bool:
+    """Every finished trial on the first two objectives, the Pareto front as a step line.
+
+    Returns False (nothing written) with fewer than two objectives or no finished trial.
+    """
+    if len(objectives) < 2:
+        return False
+    x_objective, y_objective = objectives[1], objectives[0]  # cost on x, quality on y
+
+    def point(record: Mapping[str, Any]) -> tuple[float, float] | None:
+        x, y = _objective_value(record, x_objective), _objective_value(record, y_objective)
+        if x is None or y is None:
+            return None
+        return _objective_scale(x_objective) * x, _objective_scale(y_objective) * y
+
+    points = {
+        record["trial_id"]: xy
+        for record in records
+        if record["status"] == "finished" and (xy := point(record)) is not None
+    }
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    others = [xy for trial, xy in points.items() if trial not in front]
+    on_front = sorted(xy for trial, xy in points.items() if trial in front)
+    if others:
+        axis.scatter(*zip(*others, strict=True), color="grey", alpha=0.6, label="other trials")
+    if on_front:
+        axis.step(*zip(*on_front, strict=True), where="post", color="tab:red", alpha=0.5)
+        axis.scatter(*zip(*on_front, strict=True), color="tab:red", label="Pareto front")
+    axis.set_xlabel(_objective_label(x_objective))
+    axis.set_ylabel(_objective_label(y_objective))
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"Pareto front ({len(on_front)} of {len(points)} finished trials)")
+    figure.tight_layout()
+    _save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
 def _save_figure(figure: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    figure.savefig(temporary, dpi=120)
-    os.replace(temporary, path)
+    # keep_suffix: savefig picks the image format from the file's suffix
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120), keep_suffix=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -479,8 +691,12 @@ def write_reports(spec: SweepSpec, outcome: SweepOutcome) -> dict[str, str]:
         "selected_by": {"metric": primary.metric, "mode": primary.mode},
         "best": None,
     }
+    front: list[str] = []
     if len(spec.objectives) > 1:
-        best_payload["pareto_front"] = pareto_front(records, spec.objectives)
+        front = pareto_front(records, spec.objectives)
+        best_payload["pareto_front"] = front
+        write_text_atomic(folder / "pareto.md", pareto_markdown(records, spec.objectives, front))
+        files["pareto_md"] = str(folder / "pareto.md")
     if best is not None:
         best_payload["best"] = {
             "trial_id": best["trial_id"],
@@ -505,6 +721,10 @@ def write_reports(spec: SweepSpec, outcome: SweepOutcome) -> dict[str, str]:
         files["plot_ratio"] = str(folder / "plots" / "quality_vs_ratio.png")
     if plot_quality_vs_time(records, folder / "plots" / "quality_vs_time.png", k):
         files["plot_time"] = str(folder / "plots" / "quality_vs_time.png")
+    if plot_quality_vs_model_bytes(records, folder / "plots" / "quality_vs_model_bytes.png", k):
+        files["plot_model_bytes"] = str(folder / "plots" / "quality_vs_model_bytes.png")
+    if plot_pareto_front(records, spec.objectives, front, folder / "plots" / "pareto_front.png"):
+        files["plot_pareto"] = str(folder / "plots" / "pareto_front.png")
 
     statuses = [record["status"] for record in records]
     summary = {

@@ -14,12 +14,11 @@ Rules applied to every trial (grid or Optuna), so a trial config always passes
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cadc_ray.config import (
     ConfigError,
@@ -29,13 +28,55 @@ from cadc_ray.config import (
     to_dict,
 )
 from cadc_ray.methods import METHODS, MethodSpec
-from cadc_ray.sweep.spec import Distribution, SweepSpec
+from cadc_ray.pretrain_key import pretrain_key
+
+# What this module reads of a sweep spec, written as protocols so that it does not import
+# ``sweep.spec``: the spec's parser validates every trial config through this module when
+# a spec is loaded, so the spec sits above it (``spec.Distribution`` and
+# ``spec.SweepSpec`` are the implementations).
+
+
+class Dimension(Protocol):
+    """One search dimension (``spec.Distribution``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def values(self) -> tuple[Any, ...]: ...
+    @property
+    def low(self) -> float | None: ...
+    @property
+    def high(self) -> float | None: ...
+    @property
+    def step(self) -> float | None: ...
+    def finite_values(self) -> tuple[Any, ...] | None: ...
+    def bounds(self) -> tuple[Any, ...]: ...
+
+
+class Searcher(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+class SearchSpec(Protocol):
+    """A parsed sweep spec (``spec.SweepSpec``)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def base_config(self) -> ExperimentConfig: ...
+    @property
+    def space(self) -> Sequence[tuple[str, Dimension]]: ...
+    @property
+    def extra_trials(self) -> Sequence[Sequence[tuple[str, Any]]]: ...
+    @property
+    def searcher(self) -> Searcher: ...
+
 
 TRIAL_KEY = "trial"
 """Tune config key holding a trial's dotted overrides: ``config["trial"] = {dotted: value}``."""
 
 SAMPLE_KEYS = ("data.filter_ratio", "data.sample_seed")
-_NOT_PRETRAINING_DATA_KEYS = {"filter_ratio", "sample_seed"}
 
 
 def is_relevant(dotted: str, method: MethodSpec) -> bool:
@@ -81,7 +122,7 @@ def _point_key(point: Mapping[str, Any]) -> str:
     return json.dumps(sorted(point.items()), default=repr)
 
 
-def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+def grid_points(spec: SearchSpec) -> list[dict[str, Any]]:
     """Every distinct trial of a grid spec: the grid's cartesian product, then extra_trials.
 
     Points that differ only in keys irrelevant to their method (e.g. GS at two filter
@@ -89,9 +130,12 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     """
     keys = [key for key, _ in spec.space]
     value_lists = [dist.values for _, dist in spec.space]
-    raw_points = [
-        dict(zip(keys, values, strict=True)) for values in itertools.product(*value_lists)
-    ]
+    # No dimension: extra_trials only (the final stage of cadc_ray.sweep.tuned).
+    raw_points = (
+        [dict(zip(keys, values, strict=True)) for values in itertools.product(*value_lists)]
+        if spec.space
+        else []
+    )
     raw_points.extend(dict(point) for point in spec.extra_trials)
     seen: set[str] = set()
     result = []
@@ -104,7 +148,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     return result
 
 
-def candidate_points(spec: SweepSpec, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
+def candidate_points(spec: SearchSpec, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """Configs to validate eagerly, labelled for error messages.
 
     Grid: every trial. Optuna: the product of every dimension's finite values or bounds
@@ -124,26 +168,7 @@ def candidate_points(spec: SweepSpec, limit: int) -> Iterator[tuple[str, dict[st
 # Pretraining configs: computed once per distinct config, before the trials.
 
 
-def pretrain_key(config: ExperimentConfig) -> str | None:
-    """A stable id of what determines the pretrained tables; None for non-pretraining methods.
-
-    (dataset and its preparation, pretrainer variant, every ``pretrain.*`` field, seed.)
-    """
-    pretrainer = METHODS[config.method].pretrainer
-    if pretrainer is None:
-        return None
-    data = {k: v for k, v in to_dict(config.data).items() if k not in _NOT_PRETRAINING_DATA_KEYS}
-    identity = {
-        "pretrainer": pretrainer,
-        "pretrain": to_dict(config.pretrain),
-        "data": data,
-        "seed": config.seed,
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{pretrainer}-d{config.pretrain.embedding_dim}-{digest}"
-
-
-def _enumerable_values(spec: SweepSpec, key: str, dist: Distribution) -> tuple[Any, ...]:
+def _enumerable_values(spec: SearchSpec, key: str, dist: Dimension) -> tuple[Any, ...]:
     values = dist.finite_values()
     if values is None:
         what = (
@@ -159,7 +184,7 @@ def _enumerable_values(spec: SweepSpec, key: str, dist: Distribution) -> tuple[A
     return values
 
 
-def trial_configs_for_setup(spec: SweepSpec) -> list[ExperimentConfig]:
+def trial_configs_for_setup(spec: SearchSpec) -> list[ExperimentConfig]:
     """Representative configs covering every pretraining config and every sample.
 
     Grid: every trial. Optuna: the product of the values of the pretraining and sample
@@ -212,7 +237,7 @@ class OptunaSpace:
     """Samples the method first, then only the dimensions that matter for it."""
 
     base_method: MethodName
-    dimensions: tuple[tuple[str, Distribution], ...]
+    dimensions: tuple[tuple[str, Dimension], ...]
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         method_name: MethodName = self.base_method
@@ -228,7 +253,7 @@ class OptunaSpace:
         return {f"{TRIAL_KEY}/{key}": value for key, value in chosen.items()}
 
 
-def suggest(trial: Any, name: str, dist: Distribution) -> Any:
+def suggest(trial: Any, name: str, dist: Dimension) -> Any:
     """One Optuna suggestion for ``dist`` (``trial`` is an ``optuna.Trial``)."""
     if dist.kind in ("choice", "grid"):
         if all(isinstance(value, _SCALAR_TYPES) for value in dist.values):

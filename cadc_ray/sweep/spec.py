@@ -10,8 +10,8 @@ A spec is a YAML mapping (``tune_specs/*.yaml``)::
       method: {type: grid, values: [cadc, random]}
       data.filter_ratio: {type: grid, values: [2, 5, 10]}
     extra_trials: [{method: gs}]         # grid only: explicit extra points
-    searcher: {type: grid}               # or {type: optuna, sampler: tpe, seed: 0}
-    objectives: [{metric: test_hr@10, mode: max}]
+    searcher: {type: grid}               # or {type: optuna, sampler: tpe, seed: 0, storage: null}
+    objectives: [{metric: val_hr@10, mode: max}]   # validation or cost metrics, never test_*
     num_samples: 1                       # optuna: number of trials; grid: must be 1
     max_concurrent_trials: 2
     trial_resources: {num_workers: 1, cpus_per_worker: 1, use_gpu: auto, torch_threads: 1}
@@ -41,13 +41,16 @@ import yaml
 from cadc_ray.config import (
     ConfigError,
     ExperimentConfig,
+    absolute_paths,
     apply_overrides,
     from_dict,
+    local_path,
     parse_override,
     read_yaml_mapping,
     to_dict,
     validate,
 )
+from cadc_ray.storage import is_uri
 
 DistributionName = Literal["choice", "grid", "uniform", "loguniform", "int", "logint"]
 SearcherName = Literal["grid", "optuna"]
@@ -74,14 +77,26 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "frozen_parameters",
     "best_epoch",
     "epochs_run",
+    "model_bytes",
+    "id_table_compression",
 )
 """Scalar metrics every finished trial reports (besides ``val_`` and ``test_`` quality)."""
+
+TEACHER_TEST_PREFIX = "teacher_test_"
+"""Prefix of the teacher-alone test metrics a pretraining trial reports (``teacher_test_hr@10``;
+absent for ``mf_mlp``, whose tables cannot score); Figure 1 draws them as reference lines."""
 
 MAX_ENUMERATED_VALUES = 64
 """A distribution on a pretraining key must be enumerable into at most this many values."""
 
 STORAGE_URI_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file"})
 """URI schemes ``storage_path`` accepts (pyarrow filesystems Tune/Train can write to)."""
+
+RDB_SCHEMES = frozenset({"sqlite", "postgresql", "mysql"})
+"""URL schemes ``searcher.storage`` accepts (SQLAlchemy dialects, ``+driver`` allowed)."""
+
+TEST_PREFIX = "test_"
+VAL_PREFIX = "val_"
 
 MAX_VALIDATED_CORNERS = 4096
 """Cap on the configs checked eagerly for an Optuna space (discrete values x bounds)."""
@@ -103,6 +118,8 @@ SPEC_KEYS = frozenset(
         "output_dir",
         "storage_path",
         "ray",
+        "study_per",
+        "final_seeds",
     }
 )
 # --set keys whose first segment is one of these go to the spec; the rest are experiment keys.
@@ -159,14 +176,22 @@ class Objective:
 
 @dataclass(frozen=True)
 class SearcherSpec:
+    """How trials are chosen; ``storage`` only for Optuna.
+
+    ``storage``: where the Optuna study lives. None: a journal file in the sweep's output
+    folder (:data:`cadc_ray.sweep.driver.STUDY_FILE`); a ``sqlite:///``, ``postgresql://``
+    or ``mysql://`` URL: that RDB (on clusters). ``--resume`` continues the same study.
+    """
+
     kind: SearcherName = "optuna"
     sampler: SamplerName = "tpe"
     seed: int = 0
+    storage: str | None = None
 
 
 @dataclass(frozen=True)
 class EarlyStoppingSpec:
-    """ASHA over per-epoch validation reports (needs Train worker groups: num_workers >= 1)."""
+    """ASHA over per-epoch validation reports (worker groups and local mode both report)."""
 
     kind: EarlyStoppingName = "none"
     metric: str = "val_hr@10"
@@ -213,6 +238,11 @@ class SweepSpec:
     # local/NFS path; None keeps them in output_dir. The sweep adds "/<name>" to it.
     storage_path: str | None = None
     ray: RaySpec = field(default_factory=RaySpec)
+    # Optuna only: a `grid` dimension (e.g. method) with one study of num_samples trials
+    # per value, then each study's best config re-run at every seed of final_seeds
+    # (cadc_ray.sweep.tuned: the same budget for every method, then repeats).
+    study_per: str | None = None
+    final_seeds: tuple[int, ...] = ()
 
     @property
     def space_dict(self) -> dict[str, Distribution]:
@@ -241,6 +271,8 @@ class SweepSpec:
             "output_dir": str(self.output_dir),
             "storage_path": self.storage_path,
             "ray": dataclasses.asdict(self.ray),
+            "study_per": self.study_per,
+            "final_seeds": list(self.final_seeds),
         }
 
 
@@ -543,9 +575,8 @@ def parse_spec(
     if raw.get("base") is not None:
         if not isinstance(raw["base"], str):
             _fail(source, "base", f"expected a path, got {raw['base']!r}")
-        base_path = Path(os.path.expandvars(raw["base"]))
-        if not base_path.is_absolute() and base_dir is not None:
-            base_path = base_dir / base_path
+        # Relative to the spec file (an include), made absolute here.
+        base_path = Path(local_path(raw["base"], base_dir))
         if not base_path.is_file():
             _fail(source, "base", f"experiment config {base_path} not found")
         base_raw = read_yaml_mapping(base_path)
@@ -562,7 +593,9 @@ def parse_spec(
         if getattr(resources, f.name) is not None
     ]
     base_raw = apply_overrides(base_raw, [*overrides, *resource_overrides])
-    base_config = from_dict(ExperimentConfig, base_raw, f"{source}: base_config")
+    # Relative experiment paths (output_root, data.path, ...) are relative to the working
+    # directory of the command, made absolute now: trials run elsewhere.
+    base_config = absolute_paths(from_dict(ExperimentConfig, base_raw, f"{source}: base_config"))
 
     space = _parse_space(raw.get("space"), source)
     searcher = _parse_dataclass(SearcherSpec, raw.get("searcher"), source, "searcher")
@@ -586,6 +619,7 @@ def parse_spec(
     if not isinstance(output_raw, str) or not output_raw:
         _fail(source, "output_dir", f"expected a path, got {output_raw!r}")
     storage_path = _parse_storage_path(raw.get("storage_path"), source)
+    study_per, final_seeds = _parse_studies(raw, space, searcher, source)
 
     metrics = known_metrics(base_config)
     for index, objective in enumerate(objectives):
@@ -594,6 +628,26 @@ def parse_spec(
                 source,
                 f"objectives[{index}].metric",
                 f"unknown metric {objective.metric!r} (known: {list(metrics)})",
+            )
+        if objective.metric.startswith(TEST_PREFIX):
+            # Objectives choose configurations (Optuna's feedback, best_config.yaml): doing
+            # so on the test split would leak it into model selection.
+            _fail(
+                source,
+                f"objectives[{index}].metric",
+                f"{objective.metric!r} is a test metric: configurations are selected on "
+                f"validation only (use {VAL_PREFIX + objective.metric.removeprefix(TEST_PREFIX)!r}); "
+                "test metrics are still reported for every trial",
+            )
+    if searcher.storage is not None:
+        if searcher.kind != "optuna":
+            _fail(source, "searcher.storage", "only used with searcher 'optuna'")
+        if searcher.storage.partition("://")[0].split("+")[0] not in RDB_SCHEMES:
+            _fail(
+                source,
+                "searcher.storage",
+                f"expected an RDB URL ({', '.join(sorted(RDB_SCHEMES))}://...), got "
+                f"{searcher.storage!r}; leave it out for a journal file in output_dir",
             )
 
     if searcher.kind == "grid":
@@ -612,7 +666,7 @@ def parse_spec(
             )
     else:
         for key, dist in space:
-            if dist.kind == "grid":
+            if dist.kind == "grid" and key != study_per:
                 _fail(
                     source,
                     f"space.{key}",
@@ -627,13 +681,6 @@ def parse_spec(
                 source,
                 "early_stopping.metric",
                 f"ASHA needs a per-epoch validation metric val_hr@k or val_ndcg@k, got {early_stopping.metric!r}",
-            )
-        if base_config.resources.num_workers == 0:
-            _fail(
-                source,
-                "early_stopping",
-                "ASHA needs per-epoch reports, which Train's local mode (resources.num_workers: 0) "
-                "does not forward to Tune; use num_workers >= 1",
             )
         _positive_int(early_stopping.grace_period, source, "early_stopping.grace_period")
         if early_stopping.reduction_factor <= 1:
@@ -654,17 +701,45 @@ def parse_spec(
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent,
         early_stopping=early_stopping,
-        output_dir=Path(os.path.expandvars(output_raw)),
+        output_dir=Path(local_path(output_raw)),
         storage_path=storage_path,
         ray=ray_spec,
+        study_per=study_per,
+        final_seeds=final_seeds,
     )
     _validate_trial_configs(spec, resolve_config)
     return spec
 
 
-def is_uri(path: str) -> bool:
-    """True for ``scheme://...`` storage locations (pyarrow resolves them, not the OS)."""
-    return "://" in path
+def _parse_studies(
+    raw: Mapping[str, Any],
+    space: tuple[tuple[str, Distribution], ...],
+    searcher: SearcherSpec,
+    source: str,
+) -> tuple[str | None, tuple[int, ...]]:
+    """``study_per`` (a grid dimension of an Optuna spec) and ``final_seeds``."""
+    study_per = raw.get("study_per")
+    seeds_raw = raw.get("final_seeds") or []
+    if study_per is None:
+        if seeds_raw:
+            _fail(source, "final_seeds", "needs study_per (the seeds repeat each study's best)")
+        return None, ()
+    dims = dict(space)
+    if searcher.kind != "optuna":
+        _fail(source, "study_per", "needs searcher 'optuna' (one Optuna study per value)")
+    if not isinstance(study_per, str) or study_per not in dims:
+        _fail(source, "study_per", f"expected a dimension of the space, got {study_per!r}")
+    if dims[study_per].kind != "grid":
+        _fail(source, f"space.{study_per}", "the study_per dimension must be a 'grid'")
+    if len(dims) < 2:
+        _fail(source, "space", "study_per needs at least one dimension to search besides it")
+    if not isinstance(seeds_raw, list) or not all(
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds_raw
+    ):
+        _fail(source, "final_seeds", f"expected a list of integers >= 0, got {seeds_raw!r}")
+    if len(set(seeds_raw)) != len(seeds_raw):
+        _fail(source, "final_seeds", f"seeds repeat: {seeds_raw!r}")
+    return study_per, tuple(seeds_raw)
 
 
 def _parse_storage_path(raw: Any, source: str) -> str | None:
@@ -675,7 +750,7 @@ def _parse_storage_path(raw: Any, source: str) -> str | None:
         _fail(source, "storage_path", f"expected a URI or a path, got {raw!r}")
     expanded = os.path.expandvars(raw.strip())
     if not is_uri(expanded):
-        return expanded
+        return local_path(expanded)
     scheme, _, rest = expanded.partition("://")
     if scheme not in STORAGE_URI_SCHEMES:
         _fail(

@@ -7,9 +7,15 @@ from cadc_ray.training.alternation import (
     make_mf_optimizers,
 )
 from cadc_ray.training.early_stopping import EarlyStopping
-from cadc_ray.training.loops import sampled_logits, train_mf_epoch, train_two_tower_epoch
+from cadc_ray.training.fused_mf import FusedMFTrainer
+from cadc_ray.training.loops import (
+    sampled_logits,
+    train_mf_epoch,
+    train_mf_epoch_fused,
+    train_two_tower_epoch,
+)
 from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
-from cadc_ray.training.optim import make_optimizer, trainable_parameters
+from cadc_ray.training.optim import RowAdam, make_optimizer, trainable_parameters
 from cadc_ray.training.samplers import (
     NegativeSampler,
     PopularityNegativeSampler,
@@ -20,10 +26,12 @@ from cadc_ray.training.samplers import (
 
 __all__ = [
     "EarlyStopping",
+    "FusedMFTrainer",
     "MFOptimizers",
     "NegativeSampler",
     "Phase",
     "PopularityNegativeSampler",
+    "RowAdam",
     "UniformNegativeSampler",
     "alternation_phase",
     "bce_with_sampled_negatives",
@@ -34,6 +42,7 @@ __all__ = [
     "make_optimizer",
     "sampled_logits",
     "train_mf_epoch",
+    "train_mf_epoch_fused",
     "train_two_tower_epoch",
     "trainable_parameters",
 ]

@@ -12,6 +12,7 @@ forward per step and the RecD towers deduplicate across positives and negatives.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from cadc_ray.config import AlternationName
 from cadc_ray.training.alternation import MFOptimizers, alternation_phase
+from cadc_ray.training.fused_mf import FusedMFTrainer
 from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
 from cadc_ray.training.samplers import NegativeSampler
 
@@ -37,16 +39,32 @@ def sampled_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of positives (B,) and of sampled negatives (B, K) in one forward call.
 
+    A model with ``candidate_list_forward`` (``TwoTower``) gets ``(users (B,), items
+    (B, 1+K))``; any other gets the flat ``(B(1+K),)`` pairs with each user repeated.
+
     With ``log_q`` (num_items,) the LogQ correction ``s - log q(i)`` is applied to positives
     and negatives alike: the correction depends on the item, never on its role.
     """
     batch_size, num_negatives = negatives.shape
+    if getattr(unwrap(model), "candidate_list_forward", False):
+        # One user-tower row per positive, not 1+K repeats (dedup off pays for each repeat).
+        candidates = torch.cat([items.unsqueeze(1), negatives], 1)  # (B, 1+K)
+        logits = model(users, candidates)  # (B, 1+K)
+        if log_q is not None:
+            logits = logq_correct(logits, candidates, log_q)
+        return logits[:, 0], logits[:, 1:]
     all_users = torch.cat([users, users.repeat_interleave(num_negatives)])  # (B(1+K),)
     all_items = torch.cat([items, negatives.reshape(-1)])  # (B(1+K),)
     logits = model(all_users, all_items)
     if log_q is not None:
         logits = logq_correct(logits, all_items, log_q)
     return logits[:batch_size], logits[batch_size:].view(batch_size, num_negatives)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def _unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +99,7 @@ def _train_epoch(
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     model.train()
-    total_loss = 0.0
+    total_loss: torch.Tensor | None = None  # () on the batches' device, read once per epoch
     total_rows = 0
     log_q_on_device: torch.Tensor | None = None
     for batch_index, batch in enumerate(batches):
@@ -98,16 +116,27 @@ def _train_epoch(
             optimizer.zero_grad(set_to_none=True)
         pos_logits, neg_logits = sampled_logits(model, users, items, negatives, log_q_on_device)
         loss = bce_with_sampled_negatives(pos_logits, neg_logits)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"batch {batch_index}: loss is {loss.item()}")
         loss.backward()
         for optimizer in optimizers_for_batch(batch_index):
             optimizer.step()
-        total_loss += loss.item() * users.shape[0]
+        weighted = loss.detach() * users.shape[0]
+        total_loss = weighted if total_loss is None else total_loss + weighted
         total_rows += users.shape[0]
-    if total_rows == 0:
+    return _epoch_mean_loss(total_loss, total_rows)
+
+
+def _epoch_mean_loss(total_loss: torch.Tensor | None, total_rows: int) -> float:
+    """The epoch's one host sync: the on-device loss sum -> mean per row.
+
+    A NaN or infinite loss in any batch makes the sum non-finite, so it is still caught,
+    once per epoch instead of by a ``.item()`` per step (which stalls a GPU pipeline).
+    """
+    if total_loss is None or total_rows == 0:
         raise ValueError("the epoch had no batches (empty training data on this worker?)")
-    return total_loss / total_rows
+    value = float(total_loss.item())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the epoch's loss is {value} (a batch diverged)")
+    return value / total_rows
 
 
 def train_two_tower_epoch(
@@ -154,3 +183,40 @@ def train_mf_epoch(
         generator,
         log_q,
     )
+
+
+def train_mf_epoch_fused(
+    trainer: FusedMFTrainer,
+    batches: Iterable[Batch],
+    sampler: NegativeSampler,
+    num_negatives: int,
+    generator: torch.Generator,
+    epoch: int,
+    alternation: AlternationName = "epoch",
+) -> float:
+    """One epoch of MF pretraining with the row-sparse fused step (``training.fused_mf``).
+
+    Same data, negatives, alternation and loss as ``train_mf_epoch`` on a
+    ``MatrixFactorization``; the cost of a step is proportional to the batch. Draw the
+    negatives on the batches' device by passing a ``generator`` on that device. Returns the
+    mean loss per row (the epoch's only host sync).
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    total_loss: torch.Tensor | None = None
+    total_rows = 0
+    for batch_index, batch in enumerate(batches):
+        users, items = _unpack(batch)
+        _check_batch(users, items)
+        if users.numel() == 0:
+            continue
+        users = users.long()
+        items = items.long()
+        negatives = sampler.sample(users.shape[0], num_negatives, generator).to(users.device)
+        phase = alternation_phase(alternation, epoch, batch_index)
+        loss_sum = trainer.step(users, items, negatives, phase)  # over B(1+K) logits
+        # Per row, as the autograd loops: the batch's mean loss times its B rows.
+        weighted = loss_sum / (1 + num_negatives)
+        total_loss = weighted if total_loss is None else total_loss + weighted
+        total_rows += users.shape[0]
+    return _epoch_mean_loss(total_loss, total_rows)

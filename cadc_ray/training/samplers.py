@@ -62,6 +62,8 @@ class PopularityNegativeSampler:
         self.num_items = int(counts.size)
         weights = np.maximum(counts, 1.0) ** exponent
         self.probabilities = torch.from_numpy(weights / weights.sum())  # (I,) float64
+        # One copy per device, made once: a per-step host-to-device copy would sync a GPU.
+        self._on_device: dict[torch.device, torch.Tensor] = {}
 
     def sample(
         self, num_positives: int, num_negatives: int, generator: torch.Generator
@@ -72,7 +74,11 @@ class PopularityNegativeSampler:
             return torch.zeros(
                 (num_positives, num_negatives), dtype=torch.int64, device=generator.device
             )
-        probabilities = self.probabilities.to(generator.device)
+        probabilities = self._on_device.get(generator.device)
+        if probabilities is None:
+            probabilities = self._on_device.setdefault(
+                generator.device, self.probabilities.to(generator.device)
+            )
         draws = torch.multinomial(probabilities, total, replacement=True, generator=generator)
         return draws.view(num_positives, num_negatives)
 
