@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -86,6 +86,19 @@ def _check_batch(users: torch.Tensor, items: torch.Tensor) -> None:
         )
 
 
+def _id_batches(batches: Iterable[Batch]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(batch index, users (B,) int64, items (B,) int64) for every non-empty batch, checked.
+
+    The index counts every batch, empty ones included: alternation schedules key on it.
+    """
+    for batch_index, batch in enumerate(batches):
+        users, items = _unpack(batch)
+        _check_batch(users, items)
+        if users.numel() == 0:
+            continue
+        yield batch_index, users.long(), items.long()
+
+
 def _train_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -102,13 +115,7 @@ def _train_epoch(
     total_loss: torch.Tensor | None = None  # () on the batches' device, read once per epoch
     total_rows = 0
     log_q_on_device: torch.Tensor | None = None
-    for batch_index, batch in enumerate(batches):
-        users, items = _unpack(batch)
-        _check_batch(users, items)
-        if users.numel() == 0:
-            continue
-        users = users.long()
-        items = items.long()
+    for batch_index, users, items in _id_batches(batches):
         if log_q is not None and log_q_on_device is None:
             log_q_on_device = log_q.to(users.device)
         negatives = sampler.sample(users.shape[0], num_negatives, generator).to(users.device)
@@ -205,13 +212,7 @@ def train_mf_epoch_fused(
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     total_loss: torch.Tensor | None = None
     total_rows = 0
-    for batch_index, batch in enumerate(batches):
-        users, items = _unpack(batch)
-        _check_batch(users, items)
-        if users.numel() == 0:
-            continue
-        users = users.long()
-        items = items.long()
+    for batch_index, users, items in _id_batches(batches):
         negatives = sampler.sample(users.shape[0], num_negatives, generator).to(users.device)
         phase = alternation_phase(alternation, epoch, batch_index)
         loss_sum = trainer.step(users, items, negatives, phase)  # over B(1+K) logits
