@@ -4,6 +4,11 @@ Every component gets its own frozen dataclass. ``load_config`` reads a YAML file
 applies ``--set dotted.key=value`` overrides and builds the dataclasses strictly:
 an unknown key, a wrong type or a value outside a ``Literal`` fails with the
 dotted path and the file name, before any work (or any Ray resource) starts.
+
+This module owns type coercion: :func:`coerce` checks a value against an annotation,
+:func:`from_dict` builds any frozen dataclass of such fields (the sweep spec's sections
+too), :func:`field_type` / :func:`coerce_value` check one dotted experiment key, and
+:func:`validate` holds the experiment's cross-field rules.
 """
 
 from __future__ import annotations
@@ -181,10 +186,14 @@ class EvalConfig:
     user_batch_size: int = 1024
 
 
+UseGpu = Literal["auto", "yes", "no"]
+"""``resources.use_gpu``: auto uses GPU workers when the cluster has GPUs."""
+
+
 @dataclass(frozen=True)
 class ResourcesConfig:
     num_workers: int = 1
-    use_gpu: Literal["auto", "yes", "no"] = "auto"  # auto: GPU workers when the cluster has GPUs
+    use_gpu: UseGpu = "auto"
     cpus_per_worker: int = 1
     torch_threads: int = 1
     max_failures: int = 0  # Train FailureConfig: restarts from the last checkpoint
@@ -208,13 +217,29 @@ class ExperimentConfig:
 
 T = TypeVar("T")
 
+FILE_KEY = "file_key"
+"""Field metadata key: the name a field has in files when it differs from the attribute."""
+
+
+def file_key(name: str) -> dict[str, str]:
+    """Field metadata naming the field ``name`` in files (``kind`` is written ``type``)."""
+    return {FILE_KEY: name}
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Checks ``value`` against the annotation ``tp``; returns it in canonical form."""
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks ``value`` against the annotation ``tp``; returns it in canonical form.
+    Errors name ``where`` (the dotted path of the value).
+
+    Annotations: ``bool``/``int``/``float``/``str``, ``Literal``, unions with ``None``,
+    ``tuple[X, ...]``, ``dict[str, X]``, frozen dataclasses, and ``Any`` (taken as is,
+    for values a caller checks itself).
+    """
+    if tp is Any:
+        return value
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
@@ -232,7 +257,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
+                return coerce(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(
@@ -242,7 +267,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_type, _ellipsis) = get_args(tp)
-        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_type, value_type = get_args(tp)
+        assert key_type is str, f"{where}: only dict[str, ...] is supported"
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        for key in value:
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: keys must be strings, got {key!r}")
+        return {key: coerce(v, value_type, f"{where}.{key}") for key, v in value.items()}
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if dataclasses.is_dataclass(value) and isinstance(value, tp):
             return value
@@ -271,25 +305,69 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _build(cls: type[T], raw: Mapping[str, Any], where: str) -> T:
+    """``cls`` from ``raw``: every key known (by its :func:`file_key` name), every field
+    without a default present, every value of its field's type."""
     hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {
+        f.metadata.get(FILE_KEY, f.name): f
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    }
+
+    def path(key: Any) -> str:
+        return f"{where}.{key}" if where else str(key)
+
     for key in raw:
-        if key not in known:
-            path = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"{path}: unknown key (known: {sorted(known)})")
+        if key not in fields:
+            raise ConfigError(f"{path(key)}: unknown key (known: {sorted(fields)})")
+    for key, declared in fields.items():
+        has_default = (
+            declared.default is not dataclasses.MISSING
+            or declared.default_factory is not dataclasses.MISSING
+        )
+        if not has_default and key not in raw:
+            raise ConfigError(f"{path(key)}: missing (required)")
     kwargs = {
-        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        fields[key].name: coerce(value, hints[fields[key].name], path(key))
         for key, value in raw.items()
     }
     return cls(**kwargs)
 
 
 def from_dict(cls: type[T], raw: Mapping[str, Any], source: str = "<dict>") -> T:
-    """Builds ``cls`` from a plain mapping, strictly. Errors name ``source``."""
+    """Builds the frozen dataclass ``cls`` from a plain mapping, strictly. Errors name
+    ``source`` and the dotted path (a field's :func:`file_key` name where it has one)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
     try:
         return _build(cls, raw, "")
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
+
+
+def field_type(dotted: str) -> Any:
+    """The annotation of the leaf ``dotted`` in ExperimentConfig (``"train.epochs"`` ->
+    ``int``). ConfigError, reading ``"<dotted prefix>: <problem>"``, for an unknown key or
+    a section."""
+    cls: Any = ExperimentConfig
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+            raise ConfigError(f"{'.'.join(parts[:depth])}: is not a section")
+        hints = get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{where}: unknown config key (known: {sorted(hints)})")
+        cls = hints[part]
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{dotted}: is a section, not a value")
+    return cls
+
+
+def coerce_value(dotted: str, value: Any, where: str | None = None) -> Any:
+    """``value`` checked against the type of the experiment key ``dotted``, in canonical form
+    (``[5, 10]`` -> ``(5, 10)`` for ``eval.ks``, ``2`` -> ``2.0`` for a float). No cross-field
+    checks (:func:`validate`). Errors name ``where`` (default: ``dotted``)."""
+    return coerce(value, field_type(dotted), dotted if where is None else where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -331,6 +409,18 @@ def apply_overrides(
             node = child
         node[parts[-1]] = value
     return result
+
+
+def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``over`` merged in: nested mappings merge key by key,
+    anything else in ``over`` replaces what ``base`` had (an inline config over a file)."""
+    merged: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(base))) or {}
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -218,7 +218,8 @@ def full_ranking_sums(
         target_device = scores.device
         ranks = heldout_ranks(
             scores.float(),
-            torch.from_numpy(heldout_items[start : start + user_batch_size]).to(target_device),
+            # A copy: the held-out items may be a read-only (zero-copy object store) array.
+            torch.tensor(heldout_items[start : start + user_batch_size]).to(target_device),
             torch.from_numpy(mask_rows).to(target_device),
             torch.from_numpy(mask_columns).to(target_device),
         ).cpu()

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import (
     ConfigError,
-    EvalConfig,
     ExperimentConfig,
     absolute_paths,
     load_config,
@@ -32,11 +31,18 @@ from cadc_ray.config import (
 )
 from cadc_ray.console import setup_console
 from cadc_ray.methods import METHODS, resolved_integration
-from cadc_ray.pretrain_key import pretrain_key
+from cadc_ray.pipeline import (
+    InMemoryTeachers,
+    Teacher,
+    prepare_data,
+    pretrain,
+    put_tables,
+    split_dataset,
+    teacher_metrics,
+    ttnn_inputs,
+)
 
 if TYPE_CHECKING:
-    from cadc_ray.data import HeldOutSets
-    from cadc_ray.models import PretrainedTables
     from cadc_ray.runtime.pretrain import PretrainResult
 
 logger = logging.getLogger(__name__)
@@ -62,34 +68,6 @@ def _percent(metrics: dict[str, float]) -> dict[str, float]:
     return {name: round(100.0 * value, 4) for name, value in metrics.items()}
 
 
-def teacher_metrics(
-    tables: PretrainedTables, held_out: HeldOutSets, eval_config: EvalConfig
-) -> dict[str, dict[str, float]] | None:
-    """The pretrained teacher's own val / test metrics (fractions), ranked exactly as the
-    TTNN is (same masks, same ks); None when the tables cannot score (CADC-MLP)."""
-    from cadc_ray.evaluation import evaluate_full_ranking
-    from cadc_ray.models.pretrained import teacher_scorer
-
-    scorer = teacher_scorer(tables)
-    if scorer is None:
-        return None
-    ks, batch = eval_config.ks, eval_config.user_batch_size
-    return {
-        "val": evaluate_full_ranking(
-            scorer, held_out.val_users, held_out.val_items, held_out.known, ks, batch
-        ),
-        "test": evaluate_full_ranking(
-            scorer,
-            held_out.test_users,
-            held_out.test_items,
-            held_out.known,
-            ks,
-            batch,
-            extra_mask_items=held_out.test_extra_mask,
-        ),
-    }
-
-
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -109,11 +87,10 @@ def run_experiment(
     A reused teacher's ``pretrain_seconds`` is the time it took when it was trained, and
     ``pretrain_reused`` says so.
     """
-    from cadc_ray.data import Manifest, materialize_split, prepare_dataset, read_held_out
+    from cadc_ray.data import read_held_out
     from cadc_ray.runtime.checkpoint import software_versions
-    from cadc_ray.runtime.pretrain import fit_pretrain
     from cadc_ray.runtime.session import init_ray, resolve_use_gpu
-    from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
+    from cadc_ray.runtime.ttnn import fit_ttnn
 
     # Callers that built the config without load_config may hold relative paths: Train
     # workers do not run in this working directory.
@@ -121,8 +98,7 @@ def run_experiment(
     spec = METHODS[config.method]
     started = time.perf_counter()
     # Plain files, no Ray: bad input fails here, before any cluster resource is taken.
-    prepared = prepare_dataset(config.data, Path(config.output_root))
-    manifest = Manifest.load(prepared)
+    prepared, manifest = prepare_data(config)
     prepare_seconds = time.perf_counter() - started
 
     folder = Path(local_path(str(run_dir))) if run_dir is not None else default_run_dir(config)
@@ -137,38 +113,28 @@ def run_experiment(
     try:
         use_gpu = resolve_use_gpu(config.resources)
         split_started = time.perf_counter()
-        split = materialize_split(prepared)
+        dataset = split_dataset(prepared, manifest)
         split_seconds = time.perf_counter() - split_started
-        pretrain_result = None
-        teacher: dict[str, dict[str, float]] | None = None
-        pretrain_reused = False
+        teacher: Teacher | None = None
+        teacher_quality: dict[str, dict[str, float]] | None = None
         pretrained_refs: list[ray.ObjectRef] | None = None
         if spec.pretrainer is not None:
-            key = pretrain_key(config)
-            if pretrain_cache is not None and key is not None and key in pretrain_cache:
-                pretrain_result, pretrain_reused = pretrain_cache[key], True
-            else:
-                pretrain_result = fit_pretrain(
-                    config,
-                    split,
-                    num_users=manifest.num_users,
-                    num_items=manifest.num_items,
-                    use_gpu=use_gpu,
-                    run_name="pretrain",
-                    storage_path=str(storage),
-                )
-                if pretrain_cache is not None and key is not None:
-                    pretrain_cache[key] = pretrain_result
-            teacher = teacher_metrics(
-                pretrain_result.tables,
-                read_held_out(split, manifest.num_users, manifest.num_items),
+            teacher = pretrain(
+                config,
+                dataset,
+                teachers=InMemoryTeachers(pretrain_cache) if pretrain_cache is not None else None,
+                use_gpu=use_gpu,
+                run_name="pretrain",
+                storage_path=str(storage),
+            )
+            teacher_quality = teacher_metrics(
+                teacher.tables,
+                read_held_out(dataset.split, manifest.num_users, manifest.num_items),
                 config.eval,
             )
-            # Wrapped in a list: a bare top-level ref would be resolved by value and copied
-            # into the workers (docs/ray_notes.md, "Object store").
-            pretrained_refs = [ray.put(pretrain_result.tables)]
+            pretrained_refs = put_tables(teacher.tables)
         sample_started = time.perf_counter()
-        inputs = build_ttnn_inputs(config, prepared, split, pretrained=pretrained_refs)
+        inputs = ttnn_inputs(config, dataset, pretrained_refs)
         sample_seconds = time.perf_counter() - sample_started
         ttnn = fit_ttnn(
             config,
@@ -181,6 +147,8 @@ def run_experiment(
         if started_ray:
             ray.shutdown()
 
+    # The Train run's record of stage 1 (a reused teacher's is the run that trained it).
+    pretrain_result = teacher.result if teacher is not None else None
     results: dict[str, Any] = {
         "method": config.method,
         "method_label": spec.label,
@@ -200,13 +168,13 @@ def run_experiment(
         "best_epoch": ttnn.best_epoch,
         "epochs_run": ttnn.epochs_run,
         "early_stopped": ttnn.early_stopped,
-        "pretrain_seconds": pretrain_result.seconds if pretrain_result else 0.0,
+        "pretrain_seconds": teacher.seconds if teacher else 0.0,
         "pretrain_loop_seconds": pretrain_result.loop_seconds if pretrain_result else 0.0,
         "pretrain_epochs": pretrain_result.epochs if pretrain_result else 0,
-        "pretrain_reused": pretrain_reused,
+        "pretrain_reused": teacher.reused if teacher else False,
         # The teacher's own HR/NDCG (None: no teacher, or CADC-MLP's unexported MLP).
-        "teacher_test_percent": _percent(teacher["test"]) if teacher else None,
-        "teacher_val_percent": _percent(teacher["val"]) if teacher else None,
+        "teacher_test_percent": _percent(teacher_quality["test"]) if teacher_quality else None,
+        "teacher_val_percent": _percent(teacher_quality["val"]) if teacher_quality else None,
         "train_seconds": ttnn.seconds,
         "train_loop_seconds": ttnn.loop_seconds,
         "prepare_seconds": round(prepare_seconds, 3),  # 0-ish when the prepared dir is reused

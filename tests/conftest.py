@@ -1,5 +1,6 @@
 """Shared fixtures and factories: one Ray session for the whole test run, the real-data
-folder, the tiny sweep specs, the tiny Train stage and the dashboard's HTTP helpers.
+folder, tiny generic interaction logs, the tiny sweep specs, the tiny Train stage, a stage
+run in a background thread and the dashboard's HTTP helpers.
 
 Test modules import the plain factories from here (``from conftest import tiny_grid_spec``):
 each returns a fresh object, so a test may change what it gets.
@@ -10,10 +11,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cadc_ray.config import ExperimentConfig, from_dict
+from cadc_ray.config import DataConfig, ExperimentConfig, GenericColumnsConfig, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +55,14 @@ def shared_data() -> Path:
     return folder
 
 
+def _session_runtime_env() -> dict[str, dict[str, str]]:
+    from cadc_ray.runtime.session import ray_job_env
+
+    runtime_env = ray_job_env()
+    runtime_env["env_vars"]["OMP_NUM_THREADS"] = "1"
+    return runtime_env
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray for the session (logical CPUs may exceed physical ones: docs/ray_notes.md).
@@ -79,7 +89,9 @@ def ray_session() -> Iterator[None]:
             include_dashboard=True,
             object_store_memory=300 * 1024 * 1024,
             log_to_driver=False,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+            # The package's own job environment (console settings, Train's poll
+            # interval), one BLAS thread per process on the 2-core machine.
+            runtime_env=_session_runtime_env(),
             # Custom Gauges reach the Prometheus endpoint (a free port Ray picks; see
             # ray.nodes()[0]["MetricsExportPort"]) every report interval and vanish ~2
             # intervals after their worker exits: 1 s instead of Ray's 10 s lets a
@@ -88,6 +100,27 @@ def ray_session() -> Iterator[None]:
         )
     yield
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny generic interaction logs (the ``generic`` reader's input)
+
+
+def generic_log_config(
+    path: Path, text: str, columns: GenericColumnsConfig | None = None, **options: Any
+) -> DataConfig:
+    """Writes the log ``text`` to ``path`` and returns a ``generic`` DataConfig reading it.
+
+    ``columns`` defaults to user ``u``, item ``i`` and no timestamp; ``options`` are further
+    DataConfig fields (``duplicates``, ...).
+    """
+    path.write_text(text)
+    return DataConfig(
+        dataset="generic",
+        path=str(path),
+        generic=columns or GenericColumnsConfig(user="u", item="i", timestamp=None),
+        **options,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,9 +152,11 @@ def tiny_sweep_base(*, train_epochs: int = 1) -> dict[str, Any]:
     return base
 
 
-def runnable_sweep_base() -> dict[str, Any]:
+def runnable_sweep_base(*, train_epochs: int = 2) -> dict[str, Any]:
     """A CADC base config on 3,000 synthetic interactions that trains in seconds."""
-    return copy.deepcopy(_RUNNABLE_SWEEP_BASE)
+    base = copy.deepcopy(_RUNNABLE_SWEEP_BASE)
+    base["train"]["epochs"] = train_epochs
+    return base
 
 
 def tiny_grid_spec(
@@ -184,6 +219,31 @@ def tiny_pretrain_config(
         },
         "tests/test_monitoring.py",
     )
+
+
+# ---------------------------------------------------------------------------------------
+# A stage run in a background thread
+
+
+def start_in_background(
+    name: str, call: Callable[[], Any]
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Starts ``call`` in a daemon thread, so that the test can watch (or kill) what it runs.
+
+    Returns the thread and its outcome: ``"result"`` (what ``call`` returned) or ``"error"``
+    (what it raised, for the test thread to re-raise after ``join``).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as error:  # re-raised in the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 # ---------------------------------------------------------------------------------------

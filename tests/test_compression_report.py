@@ -51,6 +51,16 @@ def test_front_keeps_the_undominated_sizes() -> None:
     assert quality_size_front(RECORDS) == ["a", "b"]
 
 
+def test_front_is_chosen_on_validation_not_test() -> None:
+    # c now validates best of the small models but tests worst: the front follows validation.
+    record = _record("c", "hashing", 0.25, 200_000)
+    record["metrics"]["test_hr@10"] = 0.01
+    assert set(quality_size_front([*RECORDS[:2], record])) == {"a", "b", "c"}
+    assert quality_size_front(
+        [*RECORDS[:2], {**record, "metrics": {**record["metrics"], "val_hr@10": 0.1}}]
+    ) == ["a", "b"]
+
+
 def test_quality_vs_model_bytes_plot_is_written(tmp_path: Path) -> None:
     path = tmp_path / "plots" / "quality_vs_model_bytes.png"
     assert plot_quality_vs_model_bytes(RECORDS, path)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import generic_log_config
 
-from cadc_ray.config import DataConfig, GenericColumnsConfig, SyntheticConfig
+from cadc_ray.config import DataConfig, SyntheticConfig
 from cadc_ray.data import DataError, prepare_dataset, sample_mask
 from cadc_ray.data.prepare import main
 
@@ -92,36 +93,17 @@ def test_gzip_ratings_are_read(tmp_path: Path) -> None:
 
 
 def test_duplicate_rows_under_error_rule(tmp_path: Path) -> None:
-    path = tmp_path / "log.csv"
-    path.write_text("u,i\na,x\nb,y\na,x\n")
-    config = DataConfig(
-        dataset="generic",
-        path=str(path),
-        duplicates="error",
-        generic=GenericColumnsConfig(user="u", item="i", timestamp=None),
-    )
+    config = generic_log_config(tmp_path / "log.csv", "u,i\na,x\nb,y\na,x\n", duplicates="error")
     _prepare_fails(config, tmp_path, "log.csv", "user='a'", "item='x'", "line 2, line 4")
 
 
 def test_generic_missing_column(tmp_path: Path) -> None:
-    path = tmp_path / "log.csv"
-    path.write_text("u;i\na;x\n")
-    config = DataConfig(
-        dataset="generic",
-        path=str(path),
-        generic=GenericColumnsConfig(user="u", item="i", timestamp=None),
-    )
+    config = generic_log_config(tmp_path / "log.csv", "u;i\na;x\n")
     _prepare_fails(config, tmp_path, "log.csv", "data.generic.user", "'u'", "wrong delimiter")
 
 
 def test_generic_empty_dataset(tmp_path: Path) -> None:
-    path = tmp_path / "log.csv"
-    path.write_text("u,i\n")
-    config = DataConfig(
-        dataset="generic",
-        path=str(path),
-        generic=GenericColumnsConfig(user="u", item="i", timestamp=None),
-    )
+    config = generic_log_config(tmp_path / "log.csv", "u,i\n")
     _prepare_fails(config, tmp_path, "log.csv", "empty")
 
 

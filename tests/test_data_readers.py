@@ -7,6 +7,7 @@ from typing import get_args
 
 import numpy as np
 import pytest
+from conftest import generic_log_config
 
 from cadc_ray.config import DataConfig, DatasetName, GenericColumnsConfig
 from cadc_ray.data.errors import DataError
@@ -61,13 +62,11 @@ def test_epinions_dedup_and_row_order(shared_data: Path) -> None:
 
 
 def test_generic_csv_with_string_ids_and_keep_first(tmp_path: Path) -> None:
-    path = tmp_path / "log.csv"
-    path.write_text("who,what,when,stars\nbob,x,5,1\nalice,y,3,2\nbob,x,9,3\nalice,z,4,5\n")
-    config = DataConfig(
-        dataset="generic",
-        path=str(path),
+    config = generic_log_config(
+        tmp_path / "log.csv",
+        "who,what,when,stars\nbob,x,5,1\nalice,y,3,2\nbob,x,9,3\nalice,z,4,5\n",
+        GenericColumnsConfig(user="who", item="what", timestamp="when", rating="stars"),
         duplicates="keep_first",
-        generic=GenericColumnsConfig(user="who", item="what", timestamp="when", rating="stars"),
     )
     data = read_dataset(config)
     assert data.user_raw_ids.tolist() == ["alice", "bob"]
@@ -81,12 +80,10 @@ def test_generic_csv_with_string_ids_and_keep_first(tmp_path: Path) -> None:
 
 
 def test_generic_tsv_without_header_or_timestamp(tmp_path: Path) -> None:
-    path = tmp_path / "log.tsv"
-    path.write_text("7\t70\n3\t30\n7\t30\n")
-    config = DataConfig(
-        dataset="generic",
-        path=str(path),
-        generic=GenericColumnsConfig(user="0", item="1", timestamp=None, has_header=False),
+    config = generic_log_config(
+        tmp_path / "log.tsv",
+        "7\t70\n3\t30\n7\t30\n",
+        GenericColumnsConfig(user="0", item="1", timestamp=None, has_header=False),
     )
     data = read_dataset(config)
     assert not data.has_timestamp

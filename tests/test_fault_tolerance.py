@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -257,6 +256,7 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
     """
     from conftest import (  # the same tiny stage and dashboard helpers as test_monitoring
         TinySplit,
+        start_in_background,
         tiny_pretrain_config,
         train_run_named,
         train_runs,
@@ -279,23 +279,17 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
 
     run_name = f"killed-{os.getpid()}-{time.monotonic_ns()}"
     storage = tmp_path / "storage"
-    outcome: dict[str, Any] = {}
-
-    def run_stage() -> None:
-        try:
-            outcome["result"] = fit_pretrain(
-                tiny_pretrain_config(epochs=epochs, num_workers=1, max_failures=1),
-                split,
-                num_users=num_users,
-                num_items=num_items,
-                run_name=run_name,
-                storage_path=str(storage),
-            )
-        except BaseException as error:  # re-raised in the test thread
-            outcome["error"] = error
-
-    stage = threading.Thread(target=run_stage, name="killed-stage", daemon=True)
-    stage.start()
+    stage, outcome = start_in_background(
+        "killed-stage",
+        lambda: fit_pretrain(
+            tiny_pretrain_config(epochs=epochs, num_workers=1, max_failures=1),
+            split,
+            num_users=num_users,
+            num_items=num_items,
+            run_name=run_name,
+            storage_path=str(storage),
+        ),
+    )
     # Find the worker's pid first (state API), then watch only the file system, so the
     # kill lands right after the epoch-2 checkpoint is written, early in epoch 3.
     deadline = time.monotonic() + 240

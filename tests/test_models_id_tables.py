@@ -13,11 +13,13 @@ from cadc_ray.config import (
     ConfigError,
     IdTableConfig,
     IdTableKind,
+    IntegrationName,
     ModelConfig,
     load_config,
     to_dict,
 )
 from cadc_ray.data.features import EntityFeatures
+from cadc_ray.models.build import build_two_tower
 from cadc_ray.models.embeddings import count_parameters
 from cadc_ray.models.id_tables import (
     HASH_PRIME,
@@ -37,7 +39,7 @@ from cadc_ray.models.id_tables import (
     universal_hash,
 )
 from cadc_ray.models.pretrained import PretrainedTables
-from cadc_ray.models.two_tower import build_two_tower
+from cadc_ray.models.two_tower import TwoTower
 from cadc_ray.training.loops import train_two_tower_epoch
 from cadc_ray.training.optim import make_optimizer
 from cadc_ray.training.samplers import build_negative_sampler
@@ -208,6 +210,18 @@ def _counts() -> dict[str, np.ndarray]:
     }
 
 
+def _build(
+    config: ModelConfig,
+    pretrained: PretrainedTables | None = None,
+    integration: IntegrationName = "none",
+    id_counts: dict[str, np.ndarray] | None = None,
+) -> TwoTower:
+    """The two-tower on NUM_USERS x NUM_ITEMS ids, without features."""
+    return build_two_tower(
+        config, NUM_USERS, NUM_ITEMS, None, None, pretrained, integration, id_counts=id_counts
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "integration"),
     [(kind, "none") for kind in COMPRESSED if kind != "learned_hash"]
@@ -244,15 +258,7 @@ def test_every_kind_learns_in_the_two_tower(kind: IdTableKind, integration: str)
 
 
 def test_robe_array_is_shared_and_counted_once() -> None:
-    model = build_two_tower(
-        _model_config("robe", robe_chunk=4),
-        NUM_USERS,
-        NUM_ITEMS,
-        None,
-        None,
-        None,
-        "none",
-    )
+    model = _build(_model_config("robe", robe_chunk=4))
     user_array = model.user_tower.id_embedding.array
     assert user_array is model.item_tower.id_embedding.array
     assert user_array.size == (15 + 10) * DIM  # 25% of 60 and of 40 rows of 8
@@ -264,16 +270,7 @@ def test_robe_array_is_shared_and_counted_once() -> None:
 
 
 def test_model_bytes_counts_lookup_maps() -> None:
-    model = build_two_tower(
-        _model_config("double_hash"),
-        NUM_USERS,
-        NUM_ITEMS,
-        None,
-        None,
-        None,
-        "none",
-        id_counts=_counts(),
-    )
+    model = _build(_model_config("double_hash"), id_counts=_counts())
     assert model_bytes(model)["lookup"] == (NUM_USERS + NUM_ITEMS) * 4  # int32 maps
     # 25% of the floats, plus one int32 per id for the private-row map.
     full = (NUM_USERS + NUM_ITEMS) * DIM * 4
@@ -282,9 +279,7 @@ def test_model_bytes_counts_lookup_maps() -> None:
 
 
 def test_min_rows_keeps_small_tables_full() -> None:
-    model = build_two_tower(
-        _model_config("hashing", min_rows=50), NUM_USERS, NUM_ITEMS, None, None, None, "none"
-    )
+    model = _build(_model_config("hashing", min_rows=50))
     assert type(model.user_tower.id_embedding).__name__ == "HashedIdTable"  # 60 >= 50
     assert type(model.item_tower.id_embedding).__name__ == "TrainableIdEmbedding"  # 40 < 50
 
@@ -422,12 +417,8 @@ def test_frozen_cluster_table_serves_cluster_means() -> None:
 
 
 def test_init_frz_learned_hash_in_the_two_tower_with_a_residual() -> None:
-    model = build_two_tower(
+    model = _build(
         _model_config("learned_hash", residual_fraction=0.2),
-        NUM_USERS,
-        NUM_ITEMS,
-        None,
-        None,
         _pretrained(),
         "init_frz",
         id_counts=_counts(),
@@ -464,14 +455,8 @@ def test_init_frz_config() -> None:
 def test_init_fits_both_robe_tables_of_the_shared_array_together() -> None:
     torch.manual_seed(0)
     tables = _pretrained()
-    model = build_two_tower(
-        _model_config("robe", fraction=0.5, robe_chunk=4, init_steps=300),
-        NUM_USERS,
-        NUM_ITEMS,
-        None,
-        None,
-        tables,
-        "init",
+    model = _build(
+        _model_config("robe", fraction=0.5, robe_chunk=4, init_steps=300), tables, "init"
     )
     for tower, rows in ((model.user_tower, tables.user), (model.item_tower, tables.item)):
         target = torch.from_numpy(rows)

@@ -410,7 +410,7 @@ def test_saved_sweep_tables_keep_the_global_bias_and_old_ones_are_not_reused(
 ) -> None:
     import json
 
-    from cadc_ray.sweep.driver import load_pretrained, save_pretrained
+    from cadc_ray.pipeline import load_pretrained, save_pretrained
 
     tables = _tables("als", global_bias=-2.5)
     save_pretrained(tmp_path, "als-d4-x", tables, 3.0)

@@ -18,13 +18,18 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import auth_headers, dashboard_base_url, http_get, train_run_named, train_runs
+from conftest import (
+    auth_headers,
+    dashboard_base_url,
+    http_get,
+    start_in_background,
+    train_run_named,
+    train_runs,
+)
 
 from cadc_ray.config import ExperimentConfig, from_dict
 
@@ -161,18 +166,10 @@ def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_pa
     prepared = prepare_dataset(config.data, tmp_path / "runs")
     inputs = build_ttnn_inputs(config, prepared, materialize_split(prepared), None)
     assert inputs.num_users == Manifest.load(prepared).num_users
-    outcome: dict[str, Any] = {}
-
-    def run_stage() -> None:
-        try:
-            outcome["result"] = fit_ttnn(
-                config, inputs, run_name=run_name, storage_path=str(tmp_path / "storage")
-            )
-        except BaseException as error:  # re-raised in the test thread
-            outcome["error"] = error
-
-    stage = threading.Thread(target=run_stage, name="tiny-stage", daemon=True)
-    stage.start()
+    stage, outcome = start_in_background(
+        "tiny-stage",
+        lambda: fit_ttnn(config, inputs, run_name=run_name, storage_path=str(tmp_path / "storage")),
+    )
     endpoint = metrics_endpoint()
     seen: dict[str, float] = {}
     seen_active = False

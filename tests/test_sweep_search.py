@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import runnable_sweep_base
 
 from cadc_ray.config import ConfigError
 from cadc_ray.sweep.callbacks import FinalResultOptunaSearch, objective_values
@@ -29,29 +30,12 @@ from cadc_ray.sweep.spec import Objective, load_spec, parse_spec
 REPO = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((REPO / "tune_specs").rglob("*.yaml"))
 
-TINY_DATA: dict[str, Any] = {
-    "dataset": "synthetic",
-    "synthetic": {"num_users": 120, "num_items": 60, "num_interactions": 3000, "latent_dim": 4},
-}
-
 
 def tiny_search_spec(output_dir: Path, prepared_root: Path, **changes: Any) -> Any:
     """3 Optuna trials over id size (2 teachers), ratio and integration; ASHA at epoch 2."""
     raw: dict[str, Any] = {
         "name": "tiny-search",
-        "base_config": {
-            "method": "cadc",
-            "output_root": str(prepared_root),
-            "data": TINY_DATA,
-            "pretrain": {"embedding_dim": 7, "epochs": 1, "batch_size": 512},
-            "model": {
-                "embedding_dim": 8,
-                "feature_embedding_dim": 4,
-                "tower_hidden": [8],
-                "output_dim": 8,
-            },
-            "train": {"epochs": 3, "batch_size": 256, "early_stopping_patience": 0},
-        },
+        "base_config": {**runnable_sweep_base(train_epochs=3), "output_root": str(prepared_root)},
         "space": {
             "model.embedding_dim": {"type": "choice", "values": [8, 12]},
             "data.filter_ratio": {"type": "choice", "values": [2, 5]},
@@ -91,9 +75,11 @@ def test_search_specs_search_size_ratio_and_integration_together(name: str) -> N
     assert {"model.embedding_dim", "data.filter_ratio", "model.integration"} <= set(space)
     assert space["data.filter_ratio"].kind == "choice"  # sampled by Optuna, not a grid
     assert spec.searcher.kind == "optuna" and spec.searcher.seed == 0
+    assert "residual" in space["model.integration"].values
     assert [(o.metric, o.mode) for o in spec.objectives] == [
         ("val_hr@10", "max"),
         ("total_seconds", "min"),
+        ("model_bytes", "min"),
     ]
     assert spec.early_stopping.kind == "asha"
 

@@ -14,10 +14,10 @@ import yaml
 from conftest import tiny_sweep_base
 
 from cadc_ray.config import ConfigError
+from cadc_ray.pipeline import distinct_samples
 from cadc_ray.sweep.space import (
     OptunaSpace,
     distinct_pretrain_configs,
-    distinct_samples,
     effective_overrides,
     grid_points,
     pretrain_key,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import runnable_sweep_base, tiny_sweep_base
 
 from cadc_ray.config import ConfigError
 from cadc_ray.sweep.report import make_record
@@ -30,12 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _raw(**changes: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": "tuned",
-        "base_config": {
-            "method": "cadc",
-            "pretrain": {"embedding_dim": 7, "epochs": 1},
-            "model": {"embedding_dim": 8},
-            "train": {"epochs": 2},
-        },
+        "base_config": tiny_sweep_base(train_epochs=2),
         "space": {
             "method": {"type": "grid", "values": ["random", "cadc"]},
             "train.learning_rate": {"type": "loguniform", "low": 0.001, "high": 0.01},
@@ -195,29 +191,17 @@ def test_tuned_table_end_to_end(ray_session: None, tmp_path: Path) -> None:
 
     import optuna
 
-    from cadc_ray.sweep.driver import STUDY_FILE, run_sweep
+    from cadc_ray.sweep.cli import run_spec
+    from cadc_ray.sweep.driver import STUDY_FILE
 
     raw = _raw(num_samples=1, final_seeds=[0, 1], output_dir=str(tmp_path / "tuned"))
-    raw["base_config"] = {
-        **raw["base_config"],
-        "output_root": str(tmp_path / "data"),
-        "data": {
-            "dataset": "synthetic",
-            "synthetic": {
-                "num_users": 120,
-                "num_items": 60,
-                "num_interactions": 3000,
-                "latent_dim": 4,
-            },
-        },
-        "pretrain": {"embedding_dim": 7, "epochs": 1, "batch_size": 512},
-        "model": {"embedding_dim": 8, "feature_embedding_dim": 4, "output_dim": 8},
-        "train": {"epochs": 2, "batch_size": 256, "early_stopping_patience": 0},
-    }
+    base = runnable_sweep_base()
+    del base["model"]["tower_hidden"]  # the base as before: the studies search tower_hidden
+    raw["base_config"] = {**base, "output_root": str(tmp_path / "data")}
     raw["max_concurrent_trials"] = 2
     raw["trial_resources"] = {"num_workers": 0, "cpus_per_worker": 1, "torch_threads": 1}
     spec = parse_spec(raw, "tuned.yaml")
-    outcome = run_sweep(spec)
+    outcome = run_spec(spec)
 
     chosen = {}
     for method in ("random", "cadc"):

@@ -132,13 +132,18 @@ def test_mf_fixed_side_does_not_move_nor_its_adam_state() -> None:
     assert not torch.equal(model.item_table.weight, items_before)
 
 
-def _frozen_model() -> TwoTower:
+def _teacher_tables() -> PretrainedTables:
+    """Seeded MF rows of width 6 for 4 users and 5 items."""
     rng = np.random.default_rng(0)
-    tables = PretrainedTables(
+    return PretrainedTables(
         user=rng.normal(size=(4, 6)).astype(np.float32),
         item=rng.normal(size=(5, 6)).astype(np.float32),
         pretrainer="mf",
     )
+
+
+def _frozen_model() -> TwoTower:
+    tables = _teacher_tables()
     config = ModelConfig(embedding_dim=6, tower_hidden=(8,), output_dim=4)
     torch.manual_seed(0)
     return build_two_tower(
@@ -211,12 +216,7 @@ def test_early_stopping_tracks_best_and_patience() -> None:
 
 @pytest.mark.parametrize("technique", ["init_frz", "init", "hybrid", "linear", "mlp", "none"])
 def test_every_technique_trains_and_keeps_its_frozen_table(technique: str) -> None:
-    rng = np.random.default_rng(0)
-    tables = PretrainedTables(
-        user=rng.normal(size=(4, 6)).astype(np.float32),
-        item=rng.normal(size=(5, 6)).astype(np.float32),
-        pretrainer="mf",
-    )
+    tables = _teacher_tables()
     config = ModelConfig(embedding_dim=6, tower_hidden=(8,), output_dim=4, adapter_hidden=3)
     torch.manual_seed(0)
     model = build_two_tower(

@@ -1,5 +1,6 @@
 """nn.Modules only: id embeddings (+ integration techniques), MF, two-tower."""
 
+from cadc_ray.models.build import build_two_tower
 from cadc_ray.models.embeddings import (
     FROZEN_TABLE_BUFFER,
     INTEGRATION_TECHNIQUES,
@@ -16,7 +17,6 @@ from cadc_ray.models.two_tower import (
     FeatureEncoder,
     Tower,
     TwoTower,
-    build_two_tower,
     data_buffer_names,
 )
 

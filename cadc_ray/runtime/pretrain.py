@@ -22,6 +22,8 @@ import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.models.pretrained import PretrainedTables
+from cadc_ray.runtime.stage import Batches, StageEnvironment
+from cadc_ray.training.alternation import MFOptimizers
 
 logger = logging.getLogger(__name__)
 
@@ -40,164 +42,173 @@ class PretrainResult:
     checkpoint_path: str | None = None
 
 
-def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker)."""
-    import ray.train
-    import ray.train.torch
+class MFStage:
+    """The MF / MF-MLP pretraining epoch (a ``runtime.stage.StageBody``; no Ray in it)."""
 
-    from cadc_ray.console import StageProgress, quiet_train_worker
-    from cadc_ray.models.mf import MatrixFactorization, MLPMatrixFactorization
-    from cadc_ray.runtime.checkpoint import (
-        FORMAT_VERSION,
-        capture_rng_state,
-        software_versions,
-    )
-    from cadc_ray.runtime.metrics import stage_gauges
-    from cadc_ray.runtime.trainer import check_resumable, config_from_loop
-    from cadc_ray.runtime.worker import (
-        EpochTimer,
-        all_reduce_sums,
-        current_worker,
-        derive_seed,
-        epoch_batches,
-        pull_shard,
-        report_epoch,
-        reseed_global_rng,
-        restore_from_train_checkpoint,
-        seeded_generator,
-        stage_seed,
-    )
-    from cadc_ray.training.alternation import MFOptimizers, make_mf_optimizers
-    from cadc_ray.training.fused_mf import FusedMFTrainer
-    from cadc_ray.training.loops import train_mf_epoch, train_mf_epoch_fused
-    from cadc_ray.training.samplers import build_negative_sampler
+    stage = STAGE
 
-    quiet_train_worker()
-    config = config_from_loop(loop_config)
-    settings = config.pretrain
-    torch.set_num_threads(config.resources.torch_threads)
-    worker = current_worker()
-    seed = stage_seed(config.seed, settings.seed)
-    num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        pretrainer: str,
+        num_users: int,
+        num_items: int,
+        train_items: np.ndarray,
+        seed: int,
+        environment: StageEnvironment,
+    ) -> None:
+        from cadc_ray.models.mf import MatrixFactorization, MLPMatrixFactorization
+        from cadc_ray.runtime.worker import derive_seed
+        from cadc_ray.training.alternation import make_mf_optimizers
+        from cadc_ray.training.fused_mf import FusedMFTrainer
+        from cadc_ray.training.samplers import build_negative_sampler
 
-    data = pull_shard(ray.train.get_dataset_shard("train"), ("user_id", "item_id"), worker)
-    users = torch.from_numpy(data["user_id"].astype(np.int64)).to(worker.device)  # (N,)
-    items = torch.from_numpy(data["item_id"].astype(np.int64)).to(worker.device)  # (N,)
-    num_rows = int(users.numel())
-    if num_rows < worker.world_size:
-        raise ValueError(f"pretraining data has {num_rows} rows for {worker.world_size} workers")
+        self.settings = settings = config.pretrain
+        self.epochs = settings.epochs
+        device = environment.worker.device
+        torch.manual_seed(derive_seed(seed, "init"))  # identical initial tables on every rank
+        self.base: MatrixFactorization | MLPMatrixFactorization
+        if pretrainer == "mf_mlp":
+            self.base = MLPMatrixFactorization(
+                num_users, num_items, settings.embedding_dim, settings.mlp_hidden
+            )
+        else:
+            self.base = MatrixFactorization(num_users, num_items, settings.embedding_dim)
+        self.fused: FusedMFTrainer | None = None
+        self.optimizers: FusedMFTrainer | MFOptimizers
+        if isinstance(self.base, MatrixFactorization):
+            # Row-sparse fused step (training.fused_mf): no DDP, whose all-reduce of the
+            # dense table gradients is what the fused step avoids; it all-gathers the
+            # touched rows.
+            self.model: torch.nn.Module = self.base.to(device)
+            self.fused = self.optimizers = FusedMFTrainer(
+                self.base, settings.learning_rate, settings.weight_decay
+            )
+        else:
+            self.model = environment.wrap_model(self.base)  # DDP when world_size > 1
+            self.optimizers = make_mf_optimizers(
+                self.base, settings.learning_rate, settings.weight_decay
+            )
+        self.sampler = build_negative_sampler(settings.negative_sampler, num_items, train_items)
 
-    torch.manual_seed(derive_seed(seed, "init"))  # identical initial tables on every rank
-    base: MatrixFactorization | MLPMatrixFactorization
-    if loop_config["pretrainer"] == "mf_mlp":
-        base = MLPMatrixFactorization(
-            num_users, num_items, settings.embedding_dim, settings.mlp_hidden
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state["model"])
+        self.optimizers.load_state_dict(state["optimizers"]["mf"])
+
+    def before_first_epoch(self) -> None:
+        pass
+
+    def train_epoch(self, epoch: int, batches: Batches, generator: torch.Generator) -> float:
+        from cadc_ray.training.loops import train_mf_epoch, train_mf_epoch_fused
+
+        settings = self.settings
+        if self.fused is not None:
+            return train_mf_epoch_fused(
+                self.fused,
+                batches,
+                self.sampler,
+                settings.num_negatives,
+                generator,
+                epoch,
+                settings.alternate,
+            )
+        assert isinstance(self.optimizers, MFOptimizers)
+        return train_mf_epoch(
+            self.model,
+            batches,
+            self.optimizers,
+            self.sampler,
+            settings.num_negatives,
+            generator,
+            epoch,
+            settings.alternate,
         )
-    else:
-        base = MatrixFactorization(num_users, num_items, settings.embedding_dim)
-    fused: FusedMFTrainer | None = None
-    optimizers: FusedMFTrainer | MFOptimizers
-    model: torch.nn.Module
-    if isinstance(base, MatrixFactorization):
-        # Row-sparse fused step (training.fused_mf): no DDP, whose all-reduce of the dense
-        # table gradients is what the fused step avoids; it all-gathers the touched rows.
-        model = base.to(worker.device)
-        fused = optimizers = FusedMFTrainer(base, settings.learning_rate, settings.weight_decay)
-    else:
-        model = ray.train.torch.prepare_model(base)  # DDP when world_size > 1
-        optimizers = make_mf_optimizers(base, settings.learning_rate, settings.weight_decay)
-    sampler = build_negative_sampler(settings.negative_sampler, num_items, data["item_id"])
 
-    config_dict = to_dict(config)
-    start_epoch, history, loop_seconds = 0, [], 0.0
-    resumed = restore_from_train_checkpoint()
-    if resumed is not None:
-        check_resumable(resumed, STAGE, config_dict)
-        base.load_state_dict(resumed["model"])
-        optimizers.load_state_dict(resumed["optimizers"]["mf"])
-        start_epoch = int(resumed["epoch"])
-        history = list(resumed["history"])
-        loop_seconds = float(resumed["loop_seconds"])
+    def after_epoch(self, epoch: int) -> dict[str, Any]:
+        return {}  # pretraining has no validation: it runs its configured epochs
 
-    gauges = stage_gauges(STAGE, loop_config["run_name"]) if worker.rank == 0 else None
-    timer = EpochTimer()
-    progress = StageProgress(STAGE, settings.epochs, start_epoch)
-    for epoch in range(start_epoch, settings.epochs):
-        reseed_global_rng(seed, worker.rank, epoch)
-        # Negatives drawn where the batches are: no host-to-device copy per step.
-        generator = seeded_generator(seed, "negatives", worker.rank, epoch, device=worker.device)
-        batches = (
-            (users[rows], items[rows])
-            for rows in epoch_batches(num_rows, settings.batch_size, seed, epoch, worker)
-        )
-        with timer:
-            if fused is not None:
-                loss = train_mf_epoch_fused(
-                    fused,
-                    batches,
-                    sampler,
-                    settings.num_negatives,
-                    generator,
-                    epoch,
-                    settings.alternate,
-                )
-            else:
-                assert isinstance(optimizers, MFOptimizers)
-                loss = train_mf_epoch(
-                    model,
-                    batches,
-                    optimizers,
-                    sampler,
-                    settings.num_negatives,
-                    generator,
-                    epoch,
-                    settings.alternate,
-                )
-        loop_seconds += timer.last_seconds
-        rows_per_rank = num_rows // worker.world_size  # epoch_batches' share per rank
-        loss_sum, rows_seen = all_reduce_sums([loss * rows_per_rank, rows_per_rank], worker)
-        samples_per_second = rows_seen / max(timer.last_seconds, 1e-9)
-        metrics = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / rows_seen,
-            "samples_per_second": samples_per_second,
-            "epoch_seconds": timer.last_seconds,
-            "train_loop_seconds": loop_seconds,
-        }
-        history.append(metrics)
-        state = None
-        if worker.rank == 0:
-            state = {
-                "format_version": FORMAT_VERSION,
-                "stage": STAGE,
-                "config": config_dict,
-                "versions": software_versions(),
-                "seed": config.seed,
-                "stage_seed": seed,  # what the per-epoch generators derive from
-                "epoch": epoch + 1,
-                "model": base.state_dict(),
-                "optimizers": {"mf": optimizers.state_dict()},
-                "history": history,
-                "loop_seconds": loop_seconds,
-                "rng": capture_rng_state(),
-            }
-            if gauges is not None:
-                gauges.record_epoch(epoch + 1, samples_per_second, None)
-            logger.info(progress.line(epoch + 1, metrics["loss"], samples_per_second))
-        report_epoch(metrics, state, worker, epoch + 1, loop_config["local_checkpoint_root"])
-    del model
-    if worker.rank != 0:
+    @property
+    def should_stop(self) -> bool:
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.base.state_dict(), "optimizers": {"mf": self.optimizers.state_dict()}}
+
+    def console_detail(self) -> str:
+        return ""
+
+    def gauge_value(self) -> float | None:
         return None
-    tables = base.export_tables()  # the module inside DDP: prepare_model wraps it in place
+
+
+def train_mf_stage(
+    config: ExperimentConfig,
+    pretrainer: str,
+    data: dict[str, np.ndarray],
+    *,
+    num_users: int,
+    num_items: int,
+    environment: StageEnvironment,
+) -> dict[str, Any] | None:
+    """MF / MF-MLP pretraining on the positives ``data`` (``user_id``/``item_id``, the same
+    rows on every rank) -> rank 0's exported tables and history (None on other ranks)."""
+    from cadc_ray.runtime.stage import run_stage
+    from cadc_ray.runtime.worker import stage_seed
+
+    settings = config.pretrain
+    device = environment.worker.device
+    seed = stage_seed(config.seed, settings.seed)
+    users = torch.from_numpy(data["user_id"].astype(np.int64)).to(device)  # (N,)
+    items = torch.from_numpy(data["item_id"].astype(np.int64)).to(device)  # (N,)
+    body = MFStage(config, pretrainer, num_users, num_items, data["item_id"], seed, environment)
+    run = run_stage(
+        body,
+        environment,
+        config_dict=to_dict(config),
+        experiment_seed=config.seed,
+        seed=seed,
+        users=users,
+        items=items,
+        batch_size=settings.batch_size,
+    )
+    if environment.worker.rank != 0:
+        return None
+    tables = body.base.export_tables()  # the module inside DDP: wrapping keeps it in place
     return {
         "user": tables.user,
         "item": tables.item,
         "pretrainer": tables.pretrainer,
         "global_bias": tables.global_bias,
-        "history": history,
-        "loop_seconds": loop_seconds,
+        "history": run.history,
+        "loop_seconds": run.loop_seconds,
         "epochs": settings.epochs,
     }
+
+
+def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker)."""
+    import ray.train
+
+    from cadc_ray.console import quiet_train_worker
+    from cadc_ray.runtime.stage import train_environment
+    from cadc_ray.runtime.trainer import config_from_loop
+    from cadc_ray.runtime.worker import pull_shard
+
+    quiet_train_worker()
+    config = config_from_loop(loop_config)
+    torch.set_num_threads(config.resources.torch_threads)
+    environment = train_environment(STAGE, loop_config)
+    data = pull_shard(
+        ray.train.get_dataset_shard("train"), ("user_id", "item_id"), environment.worker
+    )
+    return train_mf_stage(
+        config,
+        loop_config["pretrainer"],
+        data,
+        num_users=int(loop_config["num_users"]),
+        num_items=int(loop_config["num_items"]),
+        environment=environment,
+    )
 
 
 def _als_task(

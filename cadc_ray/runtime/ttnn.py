@@ -27,12 +27,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
+from cadc_ray.runtime.stage import Batches, StageEnvironment
+
+if TYPE_CHECKING:
+    from cadc_ray.data import EntityFeatures, HeldOutSets
+    from cadc_ray.models.pretrained import PretrainedTables
 
 logger = logging.getLogger(__name__)
 
@@ -116,119 +121,79 @@ def build_ttnn_inputs(
     )
 
 
-def _early_stopping_state(stopper: Any) -> dict[str, Any]:
-    return {
-        "best_value": stopper.best_value,
-        "best_epoch": stopper.best_epoch,
-        "epochs_without_improvement": stopper.epochs_without_improvement,
-    }
+class TTNNStage:
+    """The two-tower epoch, validation and early stopping (a ``runtime.stage.StageBody``;
+    no Ray in it)."""
 
+    stage = STAGE
 
-def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """``train_loop_per_worker`` of the TTNN stage (runs in each Train worker)."""
-    import ray
-    import ray.train
-    import ray.train.torch
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        train_users: np.ndarray,
+        train_items: np.ndarray,
+        *,
+        num_users: int,
+        num_items: int,
+        held_out: HeldOutSets,
+        pretrained: PretrainedTables | None,
+        user_features: EntityFeatures | None,
+        item_features: EntityFeatures | None,
+        seed: int,
+        environment: StageEnvironment,
+    ) -> None:
+        from cadc_ray.baselines import item_log_frequency
+        from cadc_ray.methods import METHODS, resolved_integration
+        from cadc_ray.models import build_two_tower, count_parameters
+        from cadc_ray.models.id_tables import id_table_compression, model_bytes
+        from cadc_ray.runtime.worker import derive_seed
+        from cadc_ray.training.early_stopping import EarlyStopping
+        from cadc_ray.training.optim import make_optimizer
+        from cadc_ray.training.samplers import build_negative_sampler
 
-    from cadc_ray.baselines import item_log_frequency, rebalance
-    from cadc_ray.console import StageProgress, quiet_train_worker
-    from cadc_ray.data import load_entity_features, read_held_out
-    from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
-    from cadc_ray.methods import METHODS, resolved_integration
-    from cadc_ray.models import build_two_tower, count_parameters
-    from cadc_ray.models.id_tables import id_table_compression, model_bytes
-    from cadc_ray.models.pretrained import teacher_scorer
-    from cadc_ray.runtime.checkpoint import (
-        FORMAT_VERSION,
-        capture_rng_state,
-        software_versions,
-    )
-    from cadc_ray.runtime.metrics import stage_gauges
-    from cadc_ray.runtime.trainer import check_resumable, config_from_loop
-    from cadc_ray.runtime.worker import (
-        EpochTimer,
-        all_reduce_sums,
-        current_worker,
-        derive_seed,
-        epoch_batches,
-        pull_shard,
-        report_epoch,
-        reseed_global_rng,
-        restore_from_train_checkpoint,
-        seeded_generator,
-        stage_seed,
-    )
-    from cadc_ray.training.early_stopping import EarlyStopping
-    from cadc_ray.training.loops import train_two_tower_epoch
-    from cadc_ray.training.optim import make_optimizer
-    from cadc_ray.training.samplers import build_negative_sampler
-
-    quiet_train_worker()
-    config = config_from_loop(loop_config)
-    settings = config.train
-    spec = METHODS[config.method]
-    torch.set_num_threads(config.resources.torch_threads)
-    worker = current_worker()
-    seed = stage_seed(config.seed, settings.seed)
-    num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
-    split = loop_config["split"]
-
-    # --- training data: this worker's shard, gathered (same rows on every rank) ---
-    data = pull_shard(ray.train.get_dataset_shard("train"), ("user_id", "item_id"), worker)
-    train_users, train_items = rebalance(
-        spec.rebalance,
-        data["user_id"],
-        data["item_id"],
-        num_items,
-        derive_seed(seed, "rebalance"),
-    )
-    num_rows = int(train_users.size)
-    if num_rows < worker.world_size:
-        raise ValueError(f"training data has {num_rows} rows for {worker.world_size} workers")
-    users = torch.from_numpy(np.ascontiguousarray(train_users, dtype=np.int64)).to(worker.device)
-    items = torch.from_numpy(np.ascontiguousarray(train_items, dtype=np.int64)).to(worker.device)
-    log_q = (
-        torch.from_numpy(item_log_frequency(train_items, num_items))
-        if spec.logq_correction
-        else None
-    )
-
-    # --- evaluation data (plain pyarrow; paths must be reachable from every node) ---
-    held_out = read_held_out(split, num_users, num_items)  # testing masks the val item too
-
-    # --- model ---
-    pretrained = None
-    if loop_config["pretrained"] is not None:
-        pretrained = ray.get(loop_config["pretrained"][0])  # zero-copy, read-only arrays
-    user_features = item_features = None
-    if config.model.use_features:
-        user_features = load_entity_features(loop_config["prepared"], "user")
-        item_features = load_entity_features(loop_config["prepared"], "item")
-    torch.manual_seed(derive_seed(seed, "init"))  # identical initial weights on every rank
-    base = build_two_tower(
-        config.model,
-        num_users,
-        num_items,
-        user_features,
-        item_features,
-        pretrained,
-        resolved_integration(config.method, config.model.integration),
-        # Access counts in the training data, for the frequency-aware id tables (METHOD 2).
-        id_counts={
-            "user": np.bincount(train_users, minlength=num_users),
-            "item": np.bincount(train_items, minlength=num_items),
-        },
-    )
-    trainable_parameters, frozen_parameters = count_parameters(base)
-    size_bytes, compression = model_bytes(base), id_table_compression(base)
-    model = ray.train.torch.prepare_model(base)  # DDP when world_size > 1; `base` stays inner
-    optimizer = make_optimizer(base, settings.learning_rate, settings.weight_decay)
-    sampler = build_negative_sampler(settings.negative_sampler, num_items, train_items)
-
-    ks = tuple(config.eval.ks)
-    rank_slice = slice(worker.rank, None, worker.world_size)
+        self.config = config
+        self.settings = settings = config.train
+        self.epochs = settings.epochs
+        self.worker = environment.worker
+        self.held_out = held_out
+        self.integration = resolved_integration(config.method, config.model.integration)
+        self.log_q = (
+            torch.from_numpy(item_log_frequency(train_items, num_items))
+            if METHODS[config.method].logq_correction
+            else None
+        )
+        torch.manual_seed(derive_seed(seed, "init"))  # identical initial weights on every rank
+        self.base = build_two_tower(
+            config.model,
+            num_users,
+            num_items,
+            user_features,
+            item_features,
+            pretrained,
+            self.integration,
+            # Access counts in the training data, for the frequency-aware id tables (METHOD 2).
+            id_counts={
+                "user": np.bincount(train_users, minlength=num_users),
+                "item": np.bincount(train_items, minlength=num_items),
+            },
+        )
+        self.trainable_parameters, self.frozen_parameters = count_parameters(self.base)
+        self.model_bytes, self.id_table_compression = (
+            model_bytes(self.base),
+            id_table_compression(self.base),
+        )
+        self.model = environment.wrap_model(self.base)  # DDP when world_size > 1
+        self.optimizer = make_optimizer(self.base, settings.learning_rate, settings.weight_decay)
+        self.sampler = build_negative_sampler(settings.negative_sampler, num_items, train_items)
+        self.ks = tuple(config.eval.ks)
+        self.selection = config.eval.selection_metric
+        self.stopper = EarlyStopping(settings.early_stopping_patience, mode="max")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_val: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
 
     def evaluate(
+        self,
         eval_users: np.ndarray,
         heldout_items: np.ndarray,
         extra_mask: np.ndarray | None,
@@ -238,16 +203,21 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
         ``scorer``: ``users (B,) -> (B, num_items)``; default the model's own ranking.
         """
-        base.eval()
+        from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
+        from cadc_ray.runtime.worker import all_reduce_sums
+
+        worker, ks = self.worker, self.ks
+        rank_slice = slice(worker.rank, None, worker.world_size)
+        self.base.eval()
         mine = eval_users[rank_slice]
         if mine.size:
             sums = full_ranking_sums(
-                base.ranking_scorer() if scorer is None else scorer,
+                self.base.ranking_scorer() if scorer is None else scorer,
                 mine,
                 heldout_items[rank_slice],
-                held_out.known,
+                self.held_out.known,
                 ks,
-                config.eval.user_batch_size,
+                self.config.eval.user_batch_size,
                 extra_mask_items=None if extra_mask is None else extra_mask[rank_slice],
                 device=worker.device,
             )
@@ -256,148 +226,232 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 ks=ks, hit_sums=dict.fromkeys(ks, 0.0), ndcg_sums=dict.fromkeys(ks, 0.0)
             )
         total = all_reduce_sums(sums.to_tensor().tolist(), worker)
-        base.train()
+        self.base.train()
         return FullRankingSums.from_tensor(ks, torch.tensor(total, dtype=torch.float64)).metrics()
 
-    # --- state, possibly resumed ---
-    config_dict = to_dict(config)
-    stopper = EarlyStopping(settings.early_stopping_patience, mode="max")
-    start_epoch, history, loop_seconds = 0, [], 0.0
-    best_state: dict[str, torch.Tensor] | None = None
-    best_val: dict[str, float] = {}
-    last_val: dict[str, float] = {}
-    resumed = restore_from_train_checkpoint()
-    if resumed is not None:
-        check_resumable(resumed, STAGE, config_dict)
-        base.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizers"]["adam"])
-        start_epoch = int(resumed["epoch"])
-        history = list(resumed["history"])
-        loop_seconds = float(resumed["loop_seconds"])
-        stopper.best_value = resumed["early_stopping"]["best_value"]
-        stopper.best_epoch = resumed["early_stopping"]["best_epoch"]
-        stopper.epochs_without_improvement = resumed["early_stopping"]["epochs_without_improvement"]
-        best_state = resumed["best_model"]
-        best_val = dict(resumed["best_val"])
-        last_val = dict(resumed["last_val"])
+    def validate(self) -> dict[str, float]:
+        return self.evaluate(self.held_out.val_users, self.held_out.val_items, None)
 
-    gauges = stage_gauges(STAGE, loop_config["run_name"]) if worker.rank == 0 else None
-    timer = EpochTimer()
-    progress = StageProgress(STAGE, settings.epochs, start_epoch)
-    early_stopped = stopper.should_stop and start_epoch < settings.epochs
-    selection = config.eval.selection_metric
-    if resumed is None and resolved_integration(config.method, config.model.integration) == (
-        "residual"
-    ):
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizers"]["adam"])
+        stopping = state["early_stopping"]
+        self.stopper.best_value = stopping["best_value"]
+        self.stopper.best_epoch = stopping["best_epoch"]
+        self.stopper.epochs_without_improvement = stopping["epochs_without_improvement"]
+        self.best_state = state["best_model"]
+        self.best_val = dict(state["best_val"])
+        self.last_val = dict(state["last_val"])
+
+    def before_first_epoch(self) -> None:
+        if self.integration != "residual":
+            return
         # Before any step the residual model *is* the teacher (its correction starts at 0):
-        # validating it as "epoch 0" lets early stopping keep the teacher (best_epoch 0) when
-        # training on the sample never beats it on validation. Not a report: Tune's
+        # validating it as "epoch 0" lets early stopping keep the teacher (best_epoch 0)
+        # when training on the sample never beats it on validation. Not a report: Tune's
         # iterations stay one per epoch.
-        last_val = evaluate(held_out.val_users, held_out.val_items, None)
-        stopper.update(0, last_val[selection])
-        best_val = dict(last_val)
-        best_state = copy.deepcopy(base.state_dict())
-        if worker.rank == 0:
-            logger.info("ttnn epoch 0 (the teacher): %s %.4f", selection, last_val[selection])
-    for epoch in range(start_epoch, settings.epochs):
-        if stopper.should_stop:  # resumed after the stopping epoch's report
-            early_stopped = True
-            break
-        reseed_global_rng(seed, worker.rank, epoch)
-        # Negatives drawn where the batches are: no host-to-device copy per step.
-        generator = seeded_generator(seed, "negatives", worker.rank, epoch, device=worker.device)
-        batches = (
-            (users[rows], items[rows])
-            for rows in epoch_batches(num_rows, settings.batch_size, seed, epoch, worker)
-        )
-        with timer:
-            loss = train_two_tower_epoch(
-                model, batches, optimizer, sampler, settings.num_negatives, generator, log_q
+        self.last_val = self.validate()
+        self.stopper.update(0, self.last_val[self.selection])
+        self.best_val = dict(self.last_val)
+        self.best_state = copy.deepcopy(self.base.state_dict())
+        if self.worker.rank == 0:
+            logger.info(
+                "ttnn epoch 0 (the teacher): %s %.4f", self.selection, self.last_val[self.selection]
             )
-        loop_seconds += timer.last_seconds
-        rows_per_rank = num_rows // worker.world_size
-        loss_sum, rows_seen = all_reduce_sums([loss * rows_per_rank, rows_per_rank], worker)
-        samples_per_second = rows_seen / max(timer.last_seconds, 1e-9)
 
+    def train_epoch(self, epoch: int, batches: Batches, generator: torch.Generator) -> float:
+        from cadc_ray.training.loops import train_two_tower_epoch
+
+        settings = self.settings
+        return train_two_tower_epoch(
+            self.model,
+            batches,
+            self.optimizer,
+            self.sampler,
+            settings.num_negatives,
+            generator,
+            self.log_q,
+        )
+
+    def after_epoch(self, epoch: int) -> dict[str, Any]:
+        settings = self.settings
         evaluated = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
         if evaluated:
-            last_val = evaluate(held_out.val_users, held_out.val_items, None)
-            if stopper.update(epoch + 1, last_val[selection]):
-                best_val = dict(last_val)
-                best_state = copy.deepcopy(base.state_dict())
+            self.last_val = self.validate()
+            if self.stopper.update(epoch + 1, self.last_val[self.selection]):
+                self.best_val = dict(self.last_val)
+                self.best_state = copy.deepcopy(self.base.state_dict())
         metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / rows_seen,
-            "samples_per_second": samples_per_second,
-            "epoch_seconds": timer.last_seconds,
-            "train_loop_seconds": loop_seconds,
             "evaluated": evaluated,
-            "best_epoch": stopper.best_epoch or 0,
+            "best_epoch": self.stopper.best_epoch or 0,
+            # Known from the start: an early-stopped trial still gives Optuna its size.
+            "model_bytes": int(self.model_bytes.get("total", 0)),
         }
-        metrics.update({reported_metric(name): value for name, value in last_val.items()})
-        metrics.update({BEST_PREFIX + name: value for name, value in best_val.items()})
-        history.append(metrics)
-        state = None
-        if worker.rank == 0:
-            state = {
-                "format_version": FORMAT_VERSION,
-                "stage": STAGE,
-                "config": config_dict,
-                "versions": software_versions(),
-                "seed": config.seed,
-                "stage_seed": seed,  # what the per-epoch generators derive from
-                "epoch": epoch + 1,
-                "model": base.state_dict(),
-                "optimizers": {"adam": optimizer.state_dict()},
-                "early_stopping": _early_stopping_state(stopper),
-                "best_model": best_state if best_state is not None else {},
-                "best_val": best_val,
-                "last_val": last_val,
-                "history": history,
-                "loop_seconds": loop_seconds,
-                "rng": capture_rng_state(),
-            }
-            if gauges is not None:
-                gauges.record_epoch(epoch + 1, samples_per_second, last_val.get("hr@10"))
-            validation = (
-                f"val {selection} {last_val.get(selection, float('nan')):.4f} (best "
-                f"{best_val.get(selection, float('nan')):.4f} at epoch {stopper.best_epoch or 0})"
-            )
-            logger.info(progress.line(epoch + 1, metrics["loss"], samples_per_second, validation))
-        report_epoch(metrics, state, worker, epoch + 1, loop_config["local_checkpoint_root"])
-        if stopper.should_stop:
-            early_stopped = epoch + 1 < settings.epochs
-            break
+        metrics.update({reported_metric(name): value for name, value in self.last_val.items()})
+        metrics.update({BEST_PREFIX + name: value for name, value in self.best_val.items()})
+        return metrics
 
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.stopper.should_stop)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.base.state_dict(),
+            "optimizers": {"adam": self.optimizer.state_dict()},
+            "early_stopping": {
+                "best_value": self.stopper.best_value,
+                "best_epoch": self.stopper.best_epoch,
+                "epochs_without_improvement": self.stopper.epochs_without_improvement,
+            },
+            "best_model": self.best_state if self.best_state is not None else {},
+            "best_val": self.best_val,
+            "last_val": self.last_val,
+        }
+
+    def console_detail(self) -> str:
+        selection = self.selection
+        return (
+            f"val {selection} {self.last_val.get(selection, float('nan')):.4f} (best "
+            f"{self.best_val.get(selection, float('nan')):.4f} at epoch "
+            f"{self.stopper.best_epoch or 0})"
+        )
+
+    def gauge_value(self) -> float | None:
+        return self.last_val.get("hr@10")
+
+
+def train_ttnn_stage(
+    config: ExperimentConfig,
+    data: dict[str, np.ndarray],
+    *,
+    num_users: int,
+    num_items: int,
+    held_out: HeldOutSets,
+    pretrained: PretrainedTables | None,
+    user_features: EntityFeatures | None,
+    item_features: EntityFeatures | None,
+    environment: StageEnvironment,
+) -> dict[str, Any] | None:
+    """Two-tower training on the positives ``data`` (``user_id``/``item_id``, the same rows
+    on every rank), validation every ``train.eval_every`` epochs with early stopping, then
+    the test metrics at the best epoch (and the teacher's own) -> rank 0's result dict
+    (None on other ranks)."""
+    from cadc_ray.baselines import rebalance
+    from cadc_ray.methods import METHODS
+    from cadc_ray.models.pretrained import teacher_scorer
+    from cadc_ray.runtime.stage import run_stage
+    from cadc_ray.runtime.worker import derive_seed, stage_seed
+
+    worker = environment.worker
+    seed = stage_seed(config.seed, config.train.seed)
+    # Over-/under-sampling with its own seeded stream: the same rows on every rank.
+    train_users, train_items = rebalance(
+        METHODS[config.method].rebalance,
+        data["user_id"],
+        data["item_id"],
+        num_items,
+        derive_seed(seed, "rebalance"),
+    )
+    users = torch.from_numpy(np.ascontiguousarray(train_users, dtype=np.int64)).to(worker.device)
+    items = torch.from_numpy(np.ascontiguousarray(train_items, dtype=np.int64)).to(worker.device)
+    body = TTNNStage(
+        config,
+        train_users,
+        train_items,
+        num_users=num_users,
+        num_items=num_items,
+        held_out=held_out,
+        pretrained=pretrained,
+        user_features=user_features,
+        item_features=item_features,
+        seed=seed,
+        environment=environment,
+    )
+    run = run_stage(
+        body,
+        environment,
+        config_dict=to_dict(config),
+        experiment_seed=config.seed,
+        seed=seed,
+        users=users,
+        items=items,
+        batch_size=config.train.batch_size,
+    )
     # --- test at the best epoch ---
-    if best_state:
-        base.load_state_dict(best_state)
-    test = evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask)
+    if body.best_state:
+        body.base.load_state_dict(body.best_state)
+    test = body.evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask)
     # The teacher alone on the same test users and masks: the reference the TTNN is read
     # against (Figure 1's "teacher" line); {} when the tables cannot score (mf_mlp).
     teacher = None if pretrained is None else teacher_scorer(pretrained)
     teacher_test = (
         {}
         if teacher is None
-        else evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask, teacher)
+        else body.evaluate(
+            held_out.test_users, held_out.test_items, held_out.test_extra_mask, teacher
+        )
     )
     if worker.rank != 0:
         return None
     return {
         "test": test,
-        "best_val": best_val,
-        "best_epoch": stopper.best_epoch or 0,
-        "epochs_run": len(history),
-        "early_stopped": early_stopped,
-        "history": history,
-        "loop_seconds": loop_seconds,
-        "train_interactions": num_rows,
-        "trainable_parameters": trainable_parameters,
-        "frozen_parameters": frozen_parameters,
-        "model_bytes": size_bytes,
-        "id_table_compression": compression,
+        "best_val": body.best_val,
+        "best_epoch": body.stopper.best_epoch or 0,
+        "epochs_run": len(run.history),
+        "early_stopped": run.early_stopped,
+        "history": run.history,
+        "loop_seconds": run.loop_seconds,
+        "train_interactions": int(train_users.size),
+        "trainable_parameters": body.trainable_parameters,
+        "frozen_parameters": body.frozen_parameters,
+        "model_bytes": body.model_bytes,
+        "id_table_compression": body.id_table_compression,
         "teacher_test": teacher_test,
     }
+
+
+def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """``train_loop_per_worker`` of the TTNN stage (runs in each Train worker)."""
+    import ray
+    import ray.train
+
+    from cadc_ray.console import quiet_train_worker
+    from cadc_ray.data import load_entity_features, read_held_out
+    from cadc_ray.runtime.stage import train_environment
+    from cadc_ray.runtime.trainer import config_from_loop
+    from cadc_ray.runtime.worker import pull_shard
+
+    quiet_train_worker()
+    config = config_from_loop(loop_config)
+    torch.set_num_threads(config.resources.torch_threads)
+    environment = train_environment(STAGE, loop_config)
+    num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
+    # This worker's shard, gathered: the same rows on every rank.
+    data = pull_shard(
+        ray.train.get_dataset_shard("train"), ("user_id", "item_id"), environment.worker
+    )
+    # Evaluation data (plain pyarrow; paths must be reachable from every node); testing
+    # masks the validation item too.
+    held_out = read_held_out(loop_config["split"], num_users, num_items)
+    pretrained = None
+    if loop_config["pretrained"] is not None:
+        pretrained = ray.get(loop_config["pretrained"][0])  # zero-copy, read-only arrays
+    user_features = item_features = None
+    if config.model.use_features:
+        user_features = load_entity_features(loop_config["prepared"], "user")
+        item_features = load_entity_features(loop_config["prepared"], "item")
+    return train_ttnn_stage(
+        config,
+        data,
+        num_users=num_users,
+        num_items=num_items,
+        held_out=held_out,
+        pretrained=pretrained,
+        user_features=user_features,
+        item_features=item_features,
+        environment=environment,
+    )
 
 
 def fit_ttnn(

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from cadc_ray.config import ConfigError
 from cadc_ray.console import setup_console
+
+if TYPE_CHECKING:
+    from cadc_ray.sweep.outcome import SweepOutcome
+    from cadc_ray.sweep.spec import SweepSpec
 
 EXIT_CONFIG_ERROR = 2
 EXIT_ALL_FAILED = 1
@@ -58,6 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_spec(
+    spec: SweepSpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> SweepOutcome:
+    """Runs (or resumes) what a spec describes: one sweep (``driver.run_sweep``) or, for a
+    ``study_per`` spec, one sweep per study and then the final seeds (``tuned.run_tuned``,
+    which calls ``run_sweep`` per stage). Dispatched here, above both, so that neither
+    module imports the other's caller."""
+    from cadc_ray.sweep import driver
+
+    if spec.study_per is None:
+        return driver.run_sweep(spec, resume=resume, address=address, callbacks=callbacks)
+    from cadc_ray.sweep.space import trial_configs_for_setup
+    from cadc_ray.sweep.tuned import run_tuned
+
+    # Every study's raw input, before run_tuned starts Ray (each stage checks its own again).
+    driver.check_data_inputs(spec, trial_configs_for_setup(spec))
+    outcome: SweepOutcome = run_tuned(spec, resume=resume, address=address, callbacks=callbacks)
+    return outcome
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -97,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from cadc_ray.data import DataError
-    from cadc_ray.sweep.driver import run_sweep
 
     try:
-        outcome = run_sweep(spec, resume=args.resume, address=args.address)
+        outcome = run_spec(spec, resume=args.resume, address=args.address)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

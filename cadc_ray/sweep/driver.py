@@ -5,7 +5,8 @@ builds and fits the TTNN's ``TorchTrainer`` through :func:`cadc_ray.runtime.ttnn
 with ``RunConfig(name=f"train-{trial_id}", callbacks=[SweepReportCallback()])`` — never
 ``Tuner(trainer)``, which Train V2 does not support.
 
-Before ``Tuner.fit`` the driver, once:
+Before ``Tuner.fit`` the driver, once (through :mod:`cadc_ray.pipeline`, the steps
+``cadc_ray.run`` takes too):
 
 1. prepares every dataset in the space and materializes its split and every discrete
    sample (trials reuse them; nothing is recomputed per trial);
@@ -36,25 +37,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from cadc_ray.atomic import write_atomic, write_text_atomic
-from cadc_ray.config import ConfigError, ExperimentConfig, absolute_paths, to_dict
-from cadc_ray.console import ray_runtime_env
+from cadc_ray.atomic import write_text_atomic
+from cadc_ray.config import ConfigError, ExperimentConfig, absolute_paths
+from cadc_ray.pipeline import (
+    DatasetInputs,
+    SavedTeachers,
+    data_key,
+    prepare_inputs,
+    pretrain,
+    put_tables,
+    ttnn_inputs,
+)
 from cadc_ray.storage import is_uri
 from cadc_ray.sweep.outcome import SweepOutcome
 from cadc_ray.sweep.space import (
     TRIAL_KEY,
     OptunaSpace,
     distinct_pretrain_configs,
-    distinct_samples,
     grid_points,
     pretrain_key,
     resolve_trial_config,
     trial_configs_for_setup,
 )
-from cadc_ray.sweep.spec import TEACHER_TEST_PREFIX, SweepSpec, known_metrics
+from cadc_ray.sweep.spec import SweepSpec, known_metrics
+from cadc_ray.sweep.summary import trial_summary
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +85,6 @@ STUDY_FILE = "optuna.journal"
 
 
 @dataclass(frozen=True)
-class DatasetInputs:
-    """One prepared dataset with its split (paths only: trials read them themselves)."""
-
-    prepared: str
-    split: Any  # cadc_ray.data.SplitPaths (picklable dataclass of paths)
-    num_users: int
-    num_items: int
-
-
-@dataclass(frozen=True)
 class TrialContext:
     """Everything a trial needs besides its overrides; put in the object store once.
 
@@ -101,14 +99,6 @@ class TrialContext:
     train_storage_path: str
     use_gpu: bool
     metric_names: tuple[str, ...]
-
-
-def data_key(config: ExperimentConfig) -> str:
-    """Identity of a trial's dataset (everything in ``data`` but the sample)."""
-    data = {
-        k: v for k, v in to_dict(config.data).items() if k not in ("filter_ratio", "sample_seed")
-    }
-    return json.dumps(data, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,7 +119,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     import ray
     from ray import tune
 
-    from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
+    from cadc_ray.runtime.ttnn import fit_ttnn
     from cadc_ray.sweep.callbacks import SweepReportCallback, epoch_result
 
     overrides: dict[str, Any] = dict(config[TRIAL_KEY])
@@ -147,7 +137,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         refs = context.pretrained_refs[key]
         pretrain_seconds = context.pretrain_seconds[key]
     started_at = time.time()
-    inputs = build_ttnn_inputs(trial_config, Path(dataset.prepared), dataset.split, pretrained=refs)
+    inputs = ttnn_inputs(trial_config, dataset, refs)
     run_name = f"train-{trial_id}"
     if trial_config.resources.num_workers > 0:
         result = fit_ttnn(
@@ -272,36 +262,6 @@ in-process TorchTrainer in a Ray (generator) task instead: no worker-group start
 reports the epochs the task streams back."""
 
 
-def trial_summary(result: Any, pretrain_seconds: float) -> dict[str, Any]:
-    """A TTNNResult -> flat Tune metrics (fractions; seconds; parameter counts)."""
-    metrics: dict[str, Any] = {}
-    for name, value in result.best_val_metrics.items():
-        metrics[f"val_{name}"] = float(value)
-    for name, value in result.test_metrics.items():
-        metrics[f"test_{name}"] = float(value)
-    # The teacher alone (Figure 1's reference line); absent for mf_mlp and non-CADC methods.
-    for name, value in getattr(result, "teacher_test_metrics", {}).items():
-        metrics[f"{TEACHER_TEST_PREFIX}{name}"] = float(value)
-    train_seconds = float(result.seconds)
-    metrics.update(
-        {
-            "pretrain_seconds": float(pretrain_seconds),
-            "train_seconds": train_seconds,
-            "total_seconds": float(pretrain_seconds) + train_seconds,
-            "trainable_parameters": int(result.trainable_parameters),
-            "frozen_parameters": int(result.frozen_parameters),
-            "best_epoch": int(result.best_epoch),
-            "epochs_run": int(result.epochs_run),
-            "early_stopped": bool(result.early_stopped),
-            "train_interactions": int(result.train_interactions),
-            # Model size (METHOD 2): all bytes, and how much the id tables shrank.
-            "model_bytes": int(getattr(result, "model_bytes", {}).get("total", 0)),
-            "id_table_compression": float(getattr(result, "id_table_compression", 1.0)),
-        }
-    )
-    return metrics
-
-
 # ---------------------------------------------------------------------------------------
 # Searcher and scheduler
 
@@ -407,7 +367,7 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
     # Train V2 runs appear in the dashboard only when this is set before ray.init
     # (docs/ray_notes.md, "Dashboard").
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    from cadc_ray.runtime.session import local_ray_cpus
+    from cadc_ray.runtime.session import local_ray_cpus, ray_job_env
 
     num_cpus = spec.ray.num_cpus or local_ray_cpus(
         spec.base_config.resources, spec.max_concurrent_trials
@@ -417,7 +377,7 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
         "num_cpus": num_cpus,
         "resources": {TRIAL_SLOT_RESOURCE: float(spec.max_concurrent_trials)},
         "include_dashboard": spec.ray.include_dashboard,
-        "runtime_env": ray_runtime_env(),
+        "runtime_env": ray_job_env(),
     }
     if spec.ray.object_store_memory_mb is not None:
         options["object_store_memory"] = spec.ray.object_store_memory_mb * 1024 * 1024
@@ -428,76 +388,6 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
     )
     ray.init(**options)
     return True
-
-
-def prepare_datasets(configs: Sequence[ExperimentConfig]) -> dict[str, DatasetInputs]:
-    """Prepares each distinct dataset once and materializes its split and samples."""
-    from cadc_ray.data import Manifest, materialize_sample, materialize_split, prepare_dataset
-
-    result: dict[str, DatasetInputs] = {}
-    by_dataset: dict[str, list[ExperimentConfig]] = {}
-    for config in configs:
-        by_dataset.setdefault(data_key(config), []).append(config)
-    for key, group in by_dataset.items():
-        first = group[0]
-        prepared = prepare_dataset(first.data, Path(first.output_root))
-        manifest = Manifest.load(prepared)
-        split = materialize_split(prepared)
-        for filter_ratio, sample_seed in distinct_samples(group):
-            materialize_sample(split, filter_ratio, sample_seed)
-        result[key] = DatasetInputs(
-            prepared=str(prepared),
-            split=split,
-            num_users=int(manifest.num_users),
-            num_items=int(manifest.num_items),
-        )
-        logger.info(
-            "dataset %s ready: %s (%d samples materialized)",
-            first.data.dataset,
-            prepared,
-            len(distinct_samples(group)),
-        )
-    return result
-
-
-def save_pretrained(folder: Path, key: str, tables: Any, seconds: float) -> None:
-    """``<key>.npz`` (user, item) + ``<key>.json`` (pretrainer, seconds), each atomic."""
-    # keep_suffix: np.savez appends ".npz" to a name that lacks it
-    write_atomic(
-        folder / f"{key}.npz",
-        lambda temporary: np.savez(temporary, user=tables.user, item=tables.item),
-        keep_suffix=True,
-    )
-    meta = {
-        "key": key,
-        "pretrainer": tables.pretrainer,
-        "global_bias": float(tables.global_bias),
-        "seconds": seconds,
-        "width": int(tables.user.shape[1]),
-    }
-    write_text_atomic(folder / f"{key}.json", json.dumps(meta, indent=2) + "\n")
-
-
-def load_pretrained(folder: Path, key: str) -> tuple[Any, float] | None:
-    """The tables and seconds saved by :func:`save_pretrained`, or None."""
-    from cadc_ray.models.pretrained import PretrainedTables
-
-    meta_file, table_file = folder / f"{key}.json", folder / f"{key}.npz"
-    if not (meta_file.is_file() and table_file.is_file()):
-        return None
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    if "global_bias" not in meta:
-        # Saved before the tables carried the teacher's global bias (and before the ALS
-        # export was calibrated, docs/method_notes.md): pretrain again rather than guess.
-        return None
-    with np.load(table_file) as arrays:
-        tables = PretrainedTables(
-            user=arrays["user"],
-            item=arrays["item"],
-            pretrainer=meta["pretrainer"],
-            global_bias=float(meta["global_bias"]),
-        )
-    return tables, float(meta["seconds"])
 
 
 def pretrain_all(
@@ -512,43 +402,26 @@ def pretrain_all(
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """Pretrains once per key (or loads the saved tables) and ``ray.put``s each ONCE.
 
-    The tables are saved under the local ``output_dir``; the Train run (checkpoints)
-    goes to ``train_storage_path`` (local path or URI).
+    The tables are saved under the local ``output_dir`` (:data:`PRETRAINED_DIR`); the
+    Train run (checkpoints) goes to ``train_storage_path`` (local path or URI).
     """
-    import ray
-
-    from cadc_ray.runtime.pretrain import fit_pretrain
-
     refs: dict[str, list[Any]] = {}
     seconds: dict[str, float] = {}
-    folder = output_dir / PRETRAINED_DIR
+    saved = SavedTeachers(output_dir / PRETRAINED_DIR, reuse=reuse_saved)
     for key, config in configs.items():
-        saved = load_pretrained(folder, key) if reuse_saved else None
-        if saved is not None:
-            tables, pretrain_seconds = saved
-            outcome.pretrain_loaded.append(key)
-            logger.info("pretraining %s: reusing %s", key, folder / f"{key}.npz")
-        else:
-            dataset = datasets[data_key(config)]
-            logger.info(
-                "pretraining %s (%s, d=%d)", key, config.method, config.pretrain.embedding_dim
-            )
-            result = fit_pretrain(
-                config,
-                dataset.split,
-                num_users=dataset.num_users,
-                num_items=dataset.num_items,
-                use_gpu=use_gpu,
-                run_name=f"pretrain-{key}",
-                storage_path=train_storage_path,
-            )
-            tables, pretrain_seconds = result.tables, float(result.seconds)
-            save_pretrained(folder, key, tables, pretrain_seconds)
-            outcome.pretrain_runs.append(key)
-        ref = ray.put(tables)
-        refs[key] = [ref]  # wrapped: trials get the reference, not a copy (docs/ray_notes.md)
-        seconds[key] = pretrain_seconds
-        outcome.pretrained_ref_ids[key] = ref.hex()
+        teacher = pretrain(
+            config,
+            datasets[data_key(config)],
+            teachers=saved,
+            use_gpu=use_gpu,
+            run_name=f"pretrain-{key}",
+            storage_path=train_storage_path,
+            announce=True,
+        )
+        (outcome.pretrain_loaded if teacher.reused else outcome.pretrain_runs).append(key)
+        refs[key] = put_tables(teacher.tables)
+        seconds[key] = teacher.seconds
+        outcome.pretrained_ref_ids[key] = refs[key][0].hex()
     return refs, seconds
 
 
@@ -713,14 +586,14 @@ def run_sweep(
     Starts Ray when it is not initialized (and shuts down what it started). Every
     dataset's raw input is checked before that. While it runs, SIGTERM stops the sweep
     like SIGINT (Tune saves its state; ``outcome.interrupted``; ``--resume`` finishes it).
+
+    One sweep only: a ``study_per`` spec is several (``sweep.tuned``, which calls this
+    per stage); :func:`cadc_ray.sweep.cli.run_spec` runs either kind.
     """
     if spec.study_per is not None:
-        # One study per value, then seeds of each best: several sweeps (sweep.tuned).
-        from cadc_ray.sweep.tuned import run_tuned
-
-        check_data_inputs(spec, trial_configs_for_setup(spec))
-        outcome: SweepOutcome = run_tuned(spec, resume=resume, address=address, callbacks=callbacks)
-        return outcome
+        raise ValueError(
+            f"{spec.source}: study_per specs run several sweeps: use cadc_ray.sweep.cli.run_spec"
+        )
     output_dir = spec.output_dir.resolve()
     base = absolute_paths(spec.base_config)
     spec_abs = _with_base(spec, base)
@@ -783,7 +656,7 @@ def _run_started_sweep(
         )
     use_gpu = resolve_use_gpu(base.resources)
     outcome = SweepOutcome(output_dir=output_dir, records=[], storage_root=root)
-    datasets = prepare_datasets(setup_configs)
+    datasets = prepare_inputs(setup_configs)
     with restored_sigint():
         refs, seconds = pretrain_all(
             distinct_pretrain_configs(setup_configs),

@@ -38,7 +38,8 @@ from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.methods import METHODS, resolved_integration
 from cadc_ray.sweep.outcome import SweepOutcome
 from cadc_ray.sweep.space import TRIAL_KEY, resolve_trial_config
-from cadc_ray.sweep.spec import TEACHER_TEST_PREFIX, Objective, SweepSpec
+from cadc_ray.sweep.spec import Objective, SweepSpec
+from cadc_ray.sweep.summary import COST_COLUMNS, TEACHER_TEST_PREFIX
 
 STANDARD_KEYS = (
     "method",
@@ -50,20 +51,6 @@ STANDARD_KEYS = (
     "seed",
 )
 """Config keys that always get their own column (other searched keys are appended)."""
-
-COST_COLUMNS = (
-    "pretrain_seconds",
-    "train_seconds",
-    "total_seconds",
-    "trainable_parameters",
-    "frozen_parameters",
-    "best_epoch",
-    "epochs_run",
-    "early_stopped",
-    "train_interactions",
-    "model_bytes",
-    "id_table_compression",
-)
 
 METHOD_ORDER = {name: index for index, name in enumerate(METHODS)}
 
@@ -480,21 +467,24 @@ def plot_quality_vs_time(records: Sequence[Mapping[str, Any]], path: Path, k: in
 
 
 def quality_size_front(records: Sequence[Mapping[str, Any]], k: int = 10) -> list[str]:
-    """Trial ids on the Pareto front of (max test HR@k, min ``model_bytes``)."""
-    objectives = [Objective(f"test_hr@{k}", "max"), Objective("model_bytes", "min")]
+    """Trial ids on the Pareto front of (max validation HR@k, min ``model_bytes``).
+
+    Validation, as every choice a sweep makes: the front is what a user picks a size from."""
+    objectives = [Objective(f"val_hr@{k}", "max"), Objective("model_bytes", "min")]
     return pareto_front(records, objectives)
 
 
 def plot_quality_vs_model_bytes(
     records: Sequence[Mapping[str, Any]], path: Path, k: int = 10
 ) -> bool:
-    """Test HR@k (%) against ``model_bytes`` (log scale), one series per id-table kind, the
-    Pareto front of (max quality, min bytes) drawn as a step line (METHOD 2)."""
+    """Validation HR@k (%) of the selected epoch against ``model_bytes`` (log scale), one
+    series per id-table kind, the Pareto front of (max quality, min bytes) drawn as a step
+    line (METHOD 2). Test metrics stay in results.md."""
     finished = [
         r
         for r in records
         if r["status"] == "finished"
-        and _finite(r["metrics"].get(f"test_hr@{k}"))
+        and _finite(r["metrics"].get(f"val_hr@{k}"))
         and _finite(r["metrics"].get("model_bytes"))
         and r["metrics"]["model_bytes"] > 0
     ]
@@ -517,7 +507,7 @@ def plot_quality_vs_model_bytes(
     for record in finished:
         point = (
             float(record["metrics"]["model_bytes"]),
-            100.0 * float(record["metrics"][f"test_hr@{k}"]),
+            100.0 * float(record["metrics"][f"val_hr@{k}"]),
         )
         by_kind.setdefault(kinds(record["config"]), []).append(point)
         if record["trial_id"] in front_ids:
@@ -538,7 +528,7 @@ def plot_quality_vs_model_bytes(
     )
     axis.set_xscale("log")
     axis.set_xlabel("model bytes (trainable + frozen + lookup)")
-    axis.set_ylabel(f"test HR@{k} (%)")
+    axis.set_ylabel(f"validation HR@{k} (%)")
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     axis.set_title("Quality vs model size")

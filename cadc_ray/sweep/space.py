@@ -215,17 +215,6 @@ def distinct_pretrain_configs(configs: list[ExperimentConfig]) -> dict[str, Expe
     return result
 
 
-def distinct_samples(configs: list[ExperimentConfig]) -> list[tuple[float, int]]:
-    """(filter_ratio, sample_seed) of every trial config that trains on a sample, sorted."""
-    return sorted(
-        {
-            (config.data.filter_ratio, config.data.sample_seed)
-            for config in configs
-            if not METHODS[config.method].uses_full_data
-        }
-    )
-
-
 # ---------------------------------------------------------------------------------------
 # Optuna define-by-run space (a picklable object: the searcher is pickled on checkpoint).
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from cadc_ray.atomic import write_text_atomic
-from cadc_ray.config import replace_dotted
-from cadc_ray.sweep.spec import EarlyStoppingSpec, SearcherSpec, SweepSpec, check_value
+from cadc_ray.config import coerce_value, replace_dotted
+from cadc_ray.sweep.spec import EarlyStoppingSpec, SearcherSpec, SweepSpec
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def final_spec(spec: SweepSpec, chosen: Mapping[Any, Mapping[str, Any]]) -> Swee
 
 def canonical_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Overrides as the config types them (a JSON round trip turns tuples into lists)."""
-    return {key: check_value(key, value) for key, value in overrides.items()}
+    return {key: coerce_value(key, value) for key, value in overrides.items()}
 
 
 def run_tuned(

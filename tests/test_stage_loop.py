@@ -1,0 +1,271 @@
+"""Both stages' epoch bodies through the shared loop (``runtime.stage``), without Ray.
+
+Every method in ``METHODS`` runs stage 1 (MF / MF-MLP through the loop, ALS directly) and
+stage 2 on a tiny in-memory latent-factor dataset, split leave-last-two-out and sampled
+exactly as the data layer does, in a ``local_environment`` (rank 0 of 1, reports kept in
+memory). Fast: no Ray, a few seconds in all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cadc_ray.config import ExperimentConfig, from_dict
+from cadc_ray.data import HeldOutSets
+from cadc_ray.data.known import KnownPositives
+from cadc_ray.data.sampling import sample_mask
+from cadc_ray.data.split import ROLE_TEST, ROLE_VALIDATION, leave_last_two_out_roles
+from cadc_ray.methods import METHODS
+from cadc_ray.models.pretrained import PretrainedTables
+from cadc_ray.runtime.pretrain import train_mf_stage
+from cadc_ray.runtime.stage import local_environment
+from cadc_ray.runtime.ttnn import train_ttnn_stage
+
+NUM_USERS, NUM_ITEMS = 150, 80
+FILTER_RATIO = 2
+
+BASE_CONFIG: dict[str, Any] = {
+    "name": "stage-loop",
+    "seed": 0,
+    "data": {"dataset": "synthetic", "filter_ratio": FILTER_RATIO},
+    "pretrain": {
+        "embedding_dim": 7,
+        "epochs": 4,
+        "batch_size": 256,
+        "learning_rate": 0.02,
+        "als_iterations": 3,
+    },
+    "model": {
+        "embedding_dim": 8,
+        "use_features": False,
+        "tower_hidden": [16],
+        "output_dim": 8,
+    },
+    "train": {"epochs": 4, "batch_size": 128, "learning_rate": 0.01, "early_stopping_patience": 0},
+    "resources": {"num_workers": 0, "use_gpu": "no", "torch_threads": 1},
+}
+
+
+@dataclass(frozen=True)
+class TinyInteractions:
+    train: dict[str, np.ndarray]  # D_full: user_id, item_id, row_index
+    held_out: HeldOutSets
+
+
+def _latent_factor_interactions(seed: int = 7, per_user: int = 20) -> TinyInteractions:
+    """Each user picks ``per_user`` distinct items, more likely the ones its factors like."""
+    rng = np.random.default_rng(seed)
+    user_factors = rng.normal(size=(NUM_USERS, 4))
+    item_factors = rng.normal(size=(NUM_ITEMS, 4))
+    logits = 2.0 * user_factors @ item_factors.T
+    users, items = [], []
+    for user in range(NUM_USERS):
+        weights = np.exp(logits[user] - logits[user].max())
+        chosen = rng.choice(NUM_ITEMS, size=per_user, replace=False, p=weights / weights.sum())
+        users.append(np.full(per_user, user))
+        items.append(chosen)
+    user_id = np.concatenate(users).astype(np.int64)
+    item_id = np.concatenate(items).astype(np.int64)
+    row_index = np.arange(user_id.size, dtype=np.int64)
+    roles = leave_last_two_out_roles(user_id, row_index, row_index)  # row order = time
+    is_train = roles == 0
+    train = {"user_id": user_id[is_train], "item_id": item_id[is_train], "row_index": row_index}
+    train["row_index"] = row_index[is_train]
+    order = np.argsort(train["user_id"], kind="stable")
+    indptr = np.zeros(NUM_USERS + 1, dtype=np.int64)
+    np.cumsum(np.bincount(train["user_id"], minlength=NUM_USERS), out=indptr[1:])
+    known = KnownPositives(
+        indptr=indptr, indices=train["item_id"][order].astype(np.int32), num_items=NUM_ITEMS
+    )
+    val, test = roles == ROLE_VALIDATION, roles == ROLE_TEST
+    val_item_of_user = np.full(NUM_USERS, -1, dtype=np.int64)
+    val_item_of_user[user_id[val]] = item_id[val]
+    held_out = HeldOutSets(
+        val_users=user_id[val],
+        val_items=item_id[val],
+        test_users=user_id[test],
+        test_items=item_id[test],
+        known=known,
+        test_extra_mask=val_item_of_user[user_id[test]],
+    )
+    return TinyInteractions(train=train, held_out=held_out)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TinyInteractions:
+    return _latent_factor_interactions()
+
+
+def _config(method: str, **sections: dict[str, Any]) -> ExperimentConfig:
+    raw = {**BASE_CONFIG, "method": method}
+    for name, values in sections.items():
+        raw[name] = {**raw[name], **values}
+    return from_dict(ExperimentConfig, raw, f"test config ({method})")
+
+
+def _teacher(config: ExperimentConfig, data: TinyInteractions) -> PretrainedTables | None:
+    pretrainer = METHODS[config.method].pretrainer
+    if pretrainer is None:
+        return None
+    if pretrainer == "als":
+        from cadc_ray.pretrain.als import fit_als
+
+        settings = config.pretrain
+        return fit_als(
+            data.train["user_id"],
+            data.train["item_id"],
+            NUM_USERS,
+            NUM_ITEMS,
+            dim_plus_bias=settings.embedding_dim + 1,
+            iterations=settings.als_iterations,
+            regularization=settings.als_regularization,
+            alpha=settings.als_alpha,
+            calibrate=settings.als_export == "calibrated",
+            seed=0,
+            num_threads=1,
+        )
+    environment, reports = local_environment()
+    output = train_mf_stage(
+        config,
+        pretrainer,
+        data.train,
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        environment=environment,
+    )
+    assert output is not None
+    losses = [report["loss"] for report in reports.metrics]
+    assert len(losses) == config.pretrain.epochs
+    assert losses[-1] < losses[0], f"{pretrainer} loss did not go down: {losses}"
+    return PretrainedTables(
+        user=output["user"],
+        item=output["item"],
+        pretrainer=output["pretrainer"],
+        global_bias=float(output["global_bias"]),
+    )
+
+
+def _training_rows(config: ExperimentConfig, data: TinyInteractions) -> dict[str, np.ndarray]:
+    if METHODS[config.method].uses_full_data:
+        return data.train
+    keep = sample_mask(data.train["row_index"], FILTER_RATIO, config.data.sample_seed)
+    return {name: values[keep] for name, values in data.train.items()}
+
+
+def _train_ttnn(
+    config: ExperimentConfig,
+    data: TinyInteractions,
+    teacher: PretrainedTables | None,
+    resume_from: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    environment, reports = local_environment(resume_from)
+    torch.manual_seed(123)  # the stage must not depend on the caller's global RNG
+    output = train_ttnn_stage(
+        config,
+        _training_rows(config, data),
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        held_out=data.held_out,
+        pretrained=teacher,
+        user_features=None,
+        item_features=None,
+        environment=environment,
+    )
+    assert output is not None
+    return output, reports
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_both_stages_through_the_loop(
+    method: str, tiny: TinyInteractions
+) -> None:
+    config = _config(method)
+    teacher = _teacher(config, tiny)
+    output, reports = _train_ttnn(config, tiny, teacher)
+
+    epochs = config.train.epochs
+    assert output["epochs_run"] == len(reports.metrics) == epochs
+    losses = [report["loss"] for report in reports.metrics]
+    assert losses[-1] < losses[0], f"{method}: TTNN loss did not go down: {losses}"
+    assert [report["epoch"] for report in reports.metrics] == list(range(1, epochs + 1))
+    # Every epoch's report validates (eval_every 1) and carries the checkpoint.
+    assert all(report["evaluated"] for report in reports.metrics)
+    assert all(state is not None and state["stage"] == "ttnn" for state in reports.states)
+    best = output["best_epoch"]
+    assert 1 <= best <= epochs
+    assert output["best_val"]["hr@10"] == pytest.approx(reports.metrics[best - 1]["val_hr@10"]), (
+        "best_val must be the validation of the selected epoch"
+    )
+    assert 0.0 <= output["test"]["hr@10"] <= 1.0
+    # The model's size is in every epoch's report: a trial stopped early still has it.
+    assert output["model_bytes"]["total"] > 0
+    assert {report["model_bytes"] for report in reports.metrics} == {output["model_bytes"]["total"]}
+    sample_size = _training_rows(config, tiny)["user_id"].size
+    if METHODS[method].rebalance == "none":
+        assert output["train_interactions"] == sample_size
+    if teacher is not None and METHODS[method].pretrainer != "mf_mlp":
+        assert set(output["teacher_test"]) == {"hr@10", "ndcg@10"}
+    else:
+        assert output["teacher_test"] == {}
+
+
+def test_a_resumed_stage_ends_exactly_like_the_uninterrupted_one(tiny: TinyInteractions) -> None:
+    config = _config("cadc")
+    teacher = _teacher(config, tiny)
+    whole, whole_reports = _train_ttnn(config, tiny, teacher)
+    after_two_epochs = whole_reports.states[1]
+    resumed, resumed_reports = _train_ttnn(config, tiny, teacher, resume_from=after_two_epochs)
+
+    def outcome(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in metrics.items() if "second" not in name}
+
+    assert [report["epoch"] for report in resumed_reports.metrics] == [3, 4]
+    assert [outcome(m) for m in resumed_reports.metrics] == [
+        outcome(m) for m in whole_reports.metrics[2:]
+    ]
+    assert resumed["test"] == whole["test"]
+    assert resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_residual_keeps_the_teacher_when_training_never_beats_it(tiny: TinyInteractions) -> None:
+    # A learning rate of 0 leaves the correction at exactly zero: every epoch ties the
+    # teacher on validation, and ties keep the earlier epoch, the teacher's "epoch 0".
+    config = _config("cadc", model={"integration": "residual"}, train={"learning_rate": 0.0})
+    teacher = _teacher(config, tiny)
+    output, reports = _train_ttnn(config, tiny, teacher)
+
+    assert output["best_epoch"] == 0
+    assert output["test"] == pytest.approx(output["teacher_test"])
+    assert all(report["best_epoch"] == 0 for report in reports.metrics)
+
+
+def test_early_stopping_ends_the_loop_and_says_so(tiny: TinyInteractions) -> None:
+    config = _config(
+        "random", train={"epochs": 30, "learning_rate": 0.0, "early_stopping_patience": 2}
+    )
+    output, reports = _train_ttnn(config, tiny, None)
+
+    # lr 0: epoch 1 is the best forever; two epochs without gain stop after epoch 3.
+    assert output["best_epoch"] == 1
+    assert output["epochs_run"] == len(reports.metrics) == 3
+    assert output["early_stopped"] is True
+
+
+def test_pretraining_checkpoints_hold_the_common_and_the_stage_keys(
+    tiny: TinyInteractions,
+) -> None:
+    config = _config("cadc")
+    environment, reports = local_environment()
+    train_mf_stage(
+        config, "mf", tiny.train, num_users=NUM_USERS, num_items=NUM_ITEMS, environment=environment
+    )
+    state = reports.states[-1]
+    assert state is not None
+    assert state["stage"] == "pretrain" and state["epoch"] == config.pretrain.epochs
+    assert {"model", "optimizers", "history", "loop_seconds", "rng", "config"} <= set(state)
+    assert len(state["history"]) == config.pretrain.epochs
