@@ -1,7 +1,8 @@
 """Stage 1 on Ray: MF / MF-MLP pretraining through a TorchTrainer, ALS as one Ray task.
 
-``fit_pretrain`` feeds D_full from Ray Data (``datasets={"train": ...}``); each worker
-pulls its shard once into memory (see ``runtime.worker`` for why and how the epochs stay
+``fit_pretrain`` feeds D_full to a worker group from Ray Data (``datasets={"train": ...}``;
+local mode reads the Parquet folder directly: ``runtime.trainer.training_input``); each
+worker pulls its shard once into memory (see ``runtime.worker`` for why and how the epochs stay
 reproducible), trains MF with the row-sparse fused step (``training.fused_mf``: the touched
 rows' gradients are all-gathered, no DDP) and MF-MLP with DDP (gradients for both tables on
 every step, so DDP's all-reduce sees every parameter); the alternation schedule is a pure
@@ -187,20 +188,17 @@ def train_mf_stage(
 
 def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker)."""
-    import ray.train
 
     from cadc_ray.console import quiet_train_worker
     from cadc_ray.runtime.stage import train_environment
     from cadc_ray.runtime.trainer import config_from_loop
-    from cadc_ray.runtime.worker import pull_shard
+    from cadc_ray.runtime.worker import training_rows
 
     quiet_train_worker()
     config = config_from_loop(loop_config)
     torch.set_num_threads(config.resources.torch_threads)
     environment = train_environment(STAGE, loop_config)
-    data = pull_shard(
-        ray.train.get_dataset_shard("train"), ("user_id", "item_id"), environment.worker
-    )
+    data = training_rows(loop_config, environment.worker)
     return train_mf_stage(
         config,
         loop_config["pretrainer"],
@@ -261,7 +259,11 @@ def fit_pretrain(
     import ray
 
     from cadc_ray.methods import METHODS
-    from cadc_ray.runtime.trainer import local_checkpoint_root, run_torch_trainer
+    from cadc_ray.runtime.trainer import (
+        local_checkpoint_root,
+        run_torch_trainer,
+        training_input,
+    )
 
     pretrainer = METHODS[config.method].pretrainer
     if pretrainer is None:
@@ -285,13 +287,12 @@ def fit_pretrain(
             loop_seconds=loop_seconds,
         )
 
-    dataset = ray.data.read_parquet(
-        str(split.train_dir), columns=["row_index", "user_id", "item_id"]
-    )
+    datasets, train_path = training_input(config, str(split.train_dir))
     result = run_torch_trainer(
         _mf_worker,
         {
             "config": to_dict(config),
+            "train_path": train_path,
             "pretrainer": pretrainer,
             "num_users": num_users,
             "num_items": num_items,
@@ -303,7 +304,7 @@ def fit_pretrain(
             ),
         },
         config=config,
-        datasets={"train": dataset},
+        datasets=datasets,
         use_gpu=use_gpu,
         run_name=run_name,
         storage_path=storage_path,

@@ -43,7 +43,7 @@ def run_torch_trainer(
     loop_config: dict[str, Any],
     *,
     config: ExperimentConfig,
-    datasets: dict[str, Any],
+    datasets: dict[str, Any] | None,
     use_gpu: bool,
     run_name: str,
     storage_path: str | None,
@@ -93,6 +93,23 @@ def run_torch_trainer(
         dataset_config=WholeRowsDataConfig(),
     )
     return trainer.fit()
+
+
+TRAINING_COLUMNS = ["row_index", "user_id", "item_id"]
+
+
+def training_input(config: ExperimentConfig, path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """How a stage's training Parquet folder reaches its workers: ``(datasets, train_path)``.
+
+    A worker group gets a Ray Data dataset to shard (``datasets={"train": ...}``); local
+    mode (``num_workers: 0``, one in-process worker) gets the path in its loop config and
+    reads it directly (``runtime.worker.training_rows``: same rows, no Ray Data job).
+    """
+    if config.resources.num_workers == 0:
+        return None, str(path)
+    import ray.data
+
+    return {"train": ray.data.read_parquet(str(path), columns=TRAINING_COLUMNS)}, None
 
 
 def config_from_loop(loop_config: dict[str, Any]) -> ExperimentConfig:

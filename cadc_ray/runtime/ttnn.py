@@ -1,6 +1,7 @@
 """Stage 2 on Ray: the two-tower network through a TorchTrainer (METHOD 1.3-1.5).
 
-Training data: the uniform sample ``D_sub`` (or D_full for GS), fed from Ray Data and
+Training data: the uniform sample ``D_sub`` (or D_full for GS), fed from Ray Data to a
+worker group (local mode reads the folder directly: ``runtime.trainer.training_input``) and
 pulled once into memory per worker (``runtime.worker``). Over-/under-sampling is applied
 to it in the worker with a seeded generator (the same rows on every rank); LogQ's
 frequencies come from the (rebalanced) training stream.
@@ -420,7 +421,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     from cadc_ray.data import load_entity_features, read_held_out
     from cadc_ray.runtime.stage import train_environment
     from cadc_ray.runtime.trainer import config_from_loop
-    from cadc_ray.runtime.worker import pull_shard
+    from cadc_ray.runtime.worker import training_rows
 
     quiet_train_worker()
     config = config_from_loop(loop_config)
@@ -428,9 +429,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     environment = train_environment(STAGE, loop_config)
     num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
     # This worker's shard, gathered: the same rows on every rank.
-    data = pull_shard(
-        ray.train.get_dataset_shard("train"), ("user_id", "item_id"), environment.worker
-    )
+    data = training_rows(loop_config, environment.worker)
     # Evaluation data (plain pyarrow; paths must be reachable from every node); testing
     # masks the validation item too.
     held_out = read_held_out(loop_config["split"], num_users, num_items)
@@ -471,18 +470,20 @@ def fit_ttnn(
     config resumes from its latest checkpoint (``RunConfig(name=f"train-{trial_id}")``).
     Requires an initialized Ray.
     """
-    import ray
 
-    from cadc_ray.runtime.trainer import local_checkpoint_root, run_torch_trainer
+    from cadc_ray.runtime.trainer import (
+        local_checkpoint_root,
+        run_torch_trainer,
+        training_input,
+    )
 
     started = time.perf_counter()
-    dataset = ray.data.read_parquet(
-        str(inputs.train_path), columns=["row_index", "user_id", "item_id"]
-    )
+    datasets, train_path = training_input(config, str(inputs.train_path))
     result = run_torch_trainer(
         _ttnn_worker,
         {
             "config": to_dict(config),
+            "train_path": train_path,
             "num_users": inputs.num_users,
             "num_items": inputs.num_items,
             "split": inputs.split,
@@ -496,7 +497,7 @@ def fit_ttnn(
             ),
         },
         config=config,
-        datasets={"train": dataset},
+        datasets=datasets,
         use_gpu=use_gpu,
         run_name=run_name,
         storage_path=storage_path,

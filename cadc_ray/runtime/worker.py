@@ -121,6 +121,35 @@ def pull_shard(shard: Any, columns: Sequence[str], worker: WorkerInfo) -> dict[s
     return {name: values[order] for name, values in local.items()}
 
 
+def read_rows(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """The Parquet file or folder ``path`` -> numpy columns sorted by ``row_index``: what
+    :func:`pull_shard` returns, read by this process alone (no Ray Data job)."""
+    import pyarrow.parquet as pq
+
+    needed = list(dict.fromkeys([*columns, "row_index"]))
+    table = pq.read_table(path, columns=needed)
+    local = {name: table.column(name).to_numpy() for name in needed}
+    order = np.argsort(local["row_index"], kind="stable")
+    return {name: values[order] for name, values in local.items()}
+
+
+def training_rows(loop_config: Mapping[str, Any], worker: WorkerInfo) -> dict[str, np.ndarray]:
+    """A stage's training positives (``user_id``, ``item_id``, sorted by ``row_index``).
+
+    Local mode (one in-process worker, ``loop_config["train_path"]`` set) reads the
+    Parquet folder directly: starting a Ray Data job to feed one process cost about 2.4 s
+    per stage, against 0.05 s of training for a sweep's tiny trial (measured on the
+    synthetic quick-start data). A worker group pulls its Ray Data shard. Same rows, same
+    order either way, so the same metrics.
+    """
+    path = loop_config.get("train_path")
+    if path is not None:
+        return read_rows(str(path), ("user_id", "item_id"))
+    import ray.train
+
+    return pull_shard(ray.train.get_dataset_shard("train"), ("user_id", "item_id"), worker)
+
+
 def epoch_batches(
     num_rows: int, global_batch_size: int, seed: int, epoch: int, worker: WorkerInfo
 ) -> Iterator[torch.Tensor]:
