@@ -24,7 +24,7 @@ from cadc_ray.methods import METHODS
 from cadc_ray.models.pretrained import PretrainedTables
 from cadc_ray.runtime.pretrain import train_mf_stage
 from cadc_ray.runtime.stage import local_environment
-from cadc_ray.runtime.ttnn import train_ttnn_stage
+from cadc_ray.runtime.ttnn import ResolvedInputs, train_ttnn_stage
 
 NUM_USERS, NUM_ITEMS = 150, 80
 FILTER_RATIO = 2
@@ -165,17 +165,8 @@ def _train_ttnn(
 ) -> tuple[dict[str, Any], Any]:
     environment, reports = local_environment(resume_from)
     torch.manual_seed(123)  # the stage must not depend on the caller's global RNG
-    output = train_ttnn_stage(
-        config,
-        _training_rows(config, data),
-        num_users=NUM_USERS,
-        num_items=NUM_ITEMS,
-        held_out=data.held_out,
-        pretrained=teacher,
-        user_features=None,
-        item_features=None,
-        environment=environment,
-    )
+    inputs = ResolvedInputs(NUM_USERS, NUM_ITEMS, data.held_out, teacher, None, None)
+    output = train_ttnn_stage(config, _training_rows(config, data), inputs, environment)
     assert output is not None
     return output, reports
 

@@ -65,7 +65,7 @@ class MFStage:
         from cadc_ray.training.samplers import build_negative_sampler
 
         self.settings = settings = config.pretrain
-        self.epochs = settings.epochs
+        self.epochs, self.batch_size, self.seed = settings.epochs, settings.batch_size, seed
         device = environment.worker.device
         torch.manual_seed(derive_seed(seed, "init"))  # identical initial tables on every rank
         self.base: MatrixFactorization | MLPMatrixFactorization
@@ -162,16 +162,7 @@ def train_mf_stage(
     users = torch.from_numpy(data["user_id"].astype(np.int64)).to(device)  # (N,)
     items = torch.from_numpy(data["item_id"].astype(np.int64)).to(device)  # (N,)
     body = MFStage(config, pretrainer, num_users, num_items, data["item_id"], seed, environment)
-    run = run_stage(
-        body,
-        environment,
-        config_dict=to_dict(config),
-        experiment_seed=config.seed,
-        seed=seed,
-        users=users,
-        items=items,
-        batch_size=settings.batch_size,
-    )
+    run = run_stage(body, environment, config, users, items)
     if environment.worker.rank != 0:
         return None
     tables = body.base.export_tables()  # the module inside DDP: wrapping keeps it in place

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import torch
 
+from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.console import StageProgress
 from cadc_ray.runtime.checkpoint import FORMAT_VERSION, capture_rng_state, software_versions
 from cadc_ray.runtime.metrics import StageGauges
@@ -108,6 +109,8 @@ class StageBody(Protocol):
 
     stage: str  # "pretrain" | "ttnn": checkpoints name it; resume checks it
     epochs: int  # the configured number of epochs
+    batch_size: int  # global: split across ranks
+    seed: int  # the stage's seed (runtime.worker.stage_seed): every stream derives from it
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restores the body's own entries of a checkpoint :meth:`state` wrote."""
@@ -153,19 +156,17 @@ class StageRun:
 def run_stage(
     body: StageBody,
     environment: StageEnvironment,
-    *,
-    config_dict: dict[str, Any],
-    experiment_seed: int,
-    seed: int,
+    config: ExperimentConfig,
     users: torch.Tensor,
     items: torch.Tensor,
-    batch_size: int,
 ) -> StageRun:
     """Runs ``body``'s epochs over the positives ``(users, items)`` (the same ``(N,)`` rows
     on every rank), resuming from the environment's checkpoint when it has one.
 
-    ``seed`` is the stage's seed (``runtime.worker.stage_seed``); ``batch_size`` is global.
+    ``config`` is the experiment's (checkpoints hold it; a resume must match it).
     """
+    config_dict = to_dict(config)
+    seed, batch_size = body.seed, body.batch_size
     worker = environment.worker
     num_rows = int(users.numel())
     if num_rows < worker.world_size:
@@ -216,7 +217,7 @@ def run_stage(
                 "stage": body.stage,
                 "config": config_dict,
                 "versions": software_versions(),
-                "seed": experiment_seed,
+                "seed": config.seed,
                 "stage_seed": seed,  # what the per-epoch generators derive from
                 "epoch": epoch + 1,
                 **body.state(),

@@ -122,6 +122,18 @@ def build_ttnn_inputs(
     )
 
 
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """What a TTNN worker reads besides its training rows, resolved (no Ray objects)."""
+
+    num_users: int
+    num_items: int
+    held_out: HeldOutSets  # validation / test pairs and the masks
+    pretrained: PretrainedTables | None  # the teacher's rows; None without a pretrainer
+    user_features: EntityFeatures | None  # None when model.use_features is off
+    item_features: EntityFeatures | None
+
+
 class TTNNStage:
     """The two-tower epoch, validation and early stopping (a ``runtime.stage.StageBody``;
     no Ray in it)."""
@@ -133,13 +145,7 @@ class TTNNStage:
         config: ExperimentConfig,
         train_users: np.ndarray,
         train_items: np.ndarray,
-        *,
-        num_users: int,
-        num_items: int,
-        held_out: HeldOutSets,
-        pretrained: PretrainedTables | None,
-        user_features: EntityFeatures | None,
-        item_features: EntityFeatures | None,
+        inputs: ResolvedInputs,
         seed: int,
         environment: StageEnvironment,
     ) -> None:
@@ -154,9 +160,10 @@ class TTNNStage:
 
         self.config = config
         self.settings = settings = config.train
-        self.epochs = settings.epochs
+        self.epochs, self.batch_size, self.seed = settings.epochs, settings.batch_size, seed
         self.worker = environment.worker
-        self.held_out = held_out
+        self.held_out = inputs.held_out
+        num_users, num_items = inputs.num_users, inputs.num_items
         self.integration = resolved_integration(config.method, config.model.integration)
         self.log_q = (
             torch.from_numpy(item_log_frequency(train_items, num_items))
@@ -168,9 +175,9 @@ class TTNNStage:
             config.model,
             num_users,
             num_items,
-            user_features,
-            item_features,
-            pretrained,
+            inputs.user_features,
+            inputs.item_features,
+            inputs.pretrained,
             self.integration,
             # Access counts in the training data, for the frequency-aware id tables (METHOD 2).
             id_counts={
@@ -325,13 +332,7 @@ class TTNNStage:
 def train_ttnn_stage(
     config: ExperimentConfig,
     data: dict[str, np.ndarray],
-    *,
-    num_users: int,
-    num_items: int,
-    held_out: HeldOutSets,
-    pretrained: PretrainedTables | None,
-    user_features: EntityFeatures | None,
-    item_features: EntityFeatures | None,
+    inputs: ResolvedInputs,
     environment: StageEnvironment,
 ) -> dict[str, Any] | None:
     """Two-tower training on the positives ``data`` (``user_id``/``item_id``, the same rows
@@ -351,34 +352,14 @@ def train_ttnn_stage(
         METHODS[config.method].rebalance,
         data["user_id"],
         data["item_id"],
-        num_items,
+        inputs.num_items,
         derive_seed(seed, "rebalance"),
     )
     users = torch.from_numpy(np.ascontiguousarray(train_users, dtype=np.int64)).to(worker.device)
     items = torch.from_numpy(np.ascontiguousarray(train_items, dtype=np.int64)).to(worker.device)
-    body = TTNNStage(
-        config,
-        train_users,
-        train_items,
-        num_users=num_users,
-        num_items=num_items,
-        held_out=held_out,
-        pretrained=pretrained,
-        user_features=user_features,
-        item_features=item_features,
-        seed=seed,
-        environment=environment,
-    )
-    run = run_stage(
-        body,
-        environment,
-        config_dict=to_dict(config),
-        experiment_seed=config.seed,
-        seed=seed,
-        users=users,
-        items=items,
-        batch_size=config.train.batch_size,
-    )
+    body = TTNNStage(config, train_users, train_items, inputs, seed, environment)
+    held_out, pretrained = inputs.held_out, inputs.pretrained
+    run = run_stage(body, environment, config, users, items)
     # --- test at the best epoch ---
     if body.best_state:
         body.base.load_state_dict(body.best_state)
@@ -440,17 +421,10 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if config.model.use_features:
         user_features = load_entity_features(loop_config["prepared"], "user")
         item_features = load_entity_features(loop_config["prepared"], "item")
-    return train_ttnn_stage(
-        config,
-        data,
-        num_users=num_users,
-        num_items=num_items,
-        held_out=held_out,
-        pretrained=pretrained,
-        user_features=user_features,
-        item_features=item_features,
-        environment=environment,
+    inputs = ResolvedInputs(
+        num_users, num_items, held_out, pretrained, user_features, item_features
     )
+    return train_ttnn_stage(config, data, inputs, environment)
 
 
 def fit_ttnn(
