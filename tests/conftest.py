@@ -306,3 +306,20 @@ def train_run_named(name: str) -> dict[str, Any]:
     matching = [run for run in train_runs() if run["name"] == name]
     assert matching, f"no Train run named {name!r} in the state API"
     return matching[0]
+
+
+@pytest.fixture
+def pretrained_dims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The MF width of every stage-1 run started while the test runs (``fit_pretrain`` is
+    wrapped: it still trains), in call order: how tests see that teachers are shared."""
+    from cadc_ray.runtime import pretrain as runtime_pretrain
+
+    dims: list[int] = []
+    original_fit = runtime_pretrain.fit_pretrain
+
+    def counting_fit(config: Any, *args: Any, **kwargs: Any) -> Any:
+        dims.append(config.pretrain.embedding_dim)
+        return original_fit(config, *args, **kwargs)
+
+    monkeypatch.setattr(runtime_pretrain, "fit_pretrain", counting_fit)
+    return dims

@@ -185,7 +185,7 @@ def test_sweep_and_runtime_ray_init_keep_the_dashboard_local(
 ) -> None:
     """The options the package's two ray.init sites pass: no public dashboard host."""
     from cadc_ray.config import ResourcesConfig
-    from cadc_ray.runtime.session import init_ray
+    from cadc_ray.runtime.session import TRAIN_POLL_INTERVAL_ENV, init_ray
     from cadc_ray.sweep.driver import start_ray
     from cadc_ray.sweep.spec import parse_spec
 
@@ -197,3 +197,5 @@ def test_sweep_and_runtime_ray_init_keep_the_dashboard_local(
     for options in ray_init_tripwire:
         assert options.get("address") == "local"
         assert options.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
+        # Train's controller polls often in every job (2 s made each worker-group epoch >= 2 s).
+        assert float(options["runtime_env"]["env_vars"][TRAIN_POLL_INTERVAL_ENV]) < 2.0

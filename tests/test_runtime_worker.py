@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +102,29 @@ def test_use_gpu_yes_without_gpus_is_a_config_error(ray_session: None) -> None:
         ConfigError, match=r"resources\.use_gpu: 'yes' but the Ray cluster has no GPUs"
     ):
         resolve_use_gpu(ResourcesConfig(use_gpu="yes"))
+
+
+def test_local_mode_reads_its_rows_in_row_index_order(tmp_path: Path) -> None:
+    """``read_rows`` (local mode) returns what ``pull_shard`` does: rows sorted by
+    ``row_index`` whatever the order of the shards and of the rows in them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cadc_ray.config import ExperimentConfig
+    from cadc_ray.runtime.trainer import training_input
+    from cadc_ray.runtime.worker import read_rows
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    shards = {"part-1.parquet": [5, 2, 4], "part-0.parquet": [3, 0, 1]}
+    for name, row_index in shards.items():
+        rows = np.array(row_index)
+        table = {"row_index": rows, "user_id": rows * 10, "item_id": rows * 100}
+        pq.write_table(pa.table(table), folder / name)
+    rows = read_rows(str(folder), ("user_id", "item_id"))
+    assert rows["row_index"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert rows["user_id"].tolist() == [0, 10, 20, 30, 40, 50]
+    assert rows["item_id"].tolist() == [0, 100, 200, 300, 400, 500]
+    # Local mode gets the path, no Ray Data dataset.
+    local = ExperimentConfig(resources=ResourcesConfig(num_workers=0))
+    assert training_input(local, str(folder)) == (None, str(folder))

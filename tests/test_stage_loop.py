@@ -22,7 +22,7 @@ from cadc_ray.data.sampling import sample_mask
 from cadc_ray.data.split import ROLE_TEST, ROLE_VALIDATION, leave_last_two_out_roles
 from cadc_ray.methods import METHODS
 from cadc_ray.models.pretrained import PretrainedTables
-from cadc_ray.runtime.pretrain import train_mf_stage
+from cadc_ray.runtime.pretrain import train_als_stage, train_mf_stage
 from cadc_ray.runtime.stage import local_environment
 from cadc_ray.runtime.ttnn import ResolvedInputs, train_ttnn_stage
 
@@ -113,21 +113,13 @@ def _teacher(config: ExperimentConfig, data: TinyInteractions) -> PretrainedTabl
     if pretrainer is None:
         return None
     if pretrainer == "als":
-        from cadc_ray.pretrain.als import fit_als
-
-        settings = config.pretrain
-        return fit_als(
+        return train_als_stage(
+            config,
             data.train["user_id"],
             data.train["item_id"],
-            NUM_USERS,
-            NUM_ITEMS,
-            dim_plus_bias=settings.embedding_dim + 1,
-            iterations=settings.als_iterations,
-            regularization=settings.als_regularization,
-            alpha=settings.als_alpha,
-            calibrate=settings.als_export == "calibrated",
-            seed=0,
-            num_threads=1,
+            num_users=NUM_USERS,
+            num_items=NUM_ITEMS,
+            threads=1,
         )
     environment, reports = local_environment()
     output = train_mf_stage(

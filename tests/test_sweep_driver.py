@@ -85,17 +85,8 @@ class InterruptAfterFirstTrial(tune.Callback):
 
 
 def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
-    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pretrained_dims: list[int]
 ) -> None:
-    from cadc_ray.runtime import pretrain as runtime_pretrain
-
-    pretrained_dims: list[int] = []
-    original_fit = runtime_pretrain.fit_pretrain
-
-    def counting_fit(config: Any, *args: Any, **kwargs: Any) -> Any:
-        pretrained_dims.append(config.pretrain.embedding_dim)
-        return original_fit(config, *args, **kwargs)
-
     puts: list[str] = []
     original_put = ray.put
 
@@ -105,7 +96,6 @@ def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
             puts.append(ref.hex())
         return ref
 
-    monkeypatch.setattr(runtime_pretrain, "fit_pretrain", counting_fit)
     monkeypatch.setattr(ray, "put", counting_put)
     spec = tiny_spec(tmp_path / "sweep", tmp_path / "data")
     marker = tmp_path / "interrupted-after"

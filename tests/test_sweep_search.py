@@ -235,19 +235,10 @@ def test_pareto_set_is_listed_and_drawn(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 def test_asha_stopped_local_mode_trials_give_optuna_finite_values(
-    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_session: None, tmp_path: Path, pretrained_dims: list[int]
 ) -> None:
-    from cadc_ray.runtime import pretrain as runtime_pretrain
     from cadc_ray.sweep.driver import STUDY_FILE, run_sweep
 
-    pretrained_dims: list[int] = []
-    original_fit = runtime_pretrain.fit_pretrain
-
-    def counting_fit(config: Any, *args: Any, **kwargs: Any) -> Any:
-        pretrained_dims.append(config.pretrain.embedding_dim)
-        return original_fit(config, *args, **kwargs)
-
-    monkeypatch.setattr(runtime_pretrain, "fit_pretrain", counting_fit)
     spec = tiny_search_spec(tmp_path / "sweep", tmp_path / "data")
     outcome = run_sweep(spec)
 

@@ -200,21 +200,22 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
-def _als_task(
-    train_dir: str, num_users: int, num_items: int, config_dict: dict[str, Any], threads: int
-) -> tuple[PretrainedTables, float]:
-    """Body of the ALS Ray task: reads D_full with plain pyarrow and fits ALS."""
-    from cadc_ray.config import ExperimentConfig, from_dict
-    from cadc_ray.data import read_pairs
+def train_als_stage(
+    config: ExperimentConfig,
+    users: np.ndarray,
+    items: np.ndarray,
+    *,
+    num_users: int,
+    num_items: int,
+    threads: int,
+) -> PretrainedTables:
+    """ALS on the positives ``(users (N,), items (N,))`` with the config's ``pretrain.*``
+    settings and the stage's seed (no Ray in it)."""
     from cadc_ray.pretrain.als import fit_als
     from cadc_ray.runtime.worker import stage_seed
 
-    config = from_dict(ExperimentConfig, config_dict, "<als task>")
-    torch.set_num_threads(threads)
-    users, items = read_pairs(train_dir)
-    started = time.perf_counter()
     settings = config.pretrain
-    tables = fit_als(
+    return fit_als(
         users,
         items,
         num_users,
@@ -226,6 +227,22 @@ def _als_task(
         calibrate=settings.als_export == "calibrated",
         seed=stage_seed(config.seed, settings.seed) % (2**31),
         num_threads=threads,
+    )
+
+
+def _als_task(
+    train_dir: str, num_users: int, num_items: int, config_dict: dict[str, Any], threads: int
+) -> tuple[PretrainedTables, float]:
+    """Body of the ALS Ray task: reads D_full with plain pyarrow and fits ALS."""
+    from cadc_ray.config import ExperimentConfig, from_dict
+    from cadc_ray.data import read_pairs
+
+    config = from_dict(ExperimentConfig, config_dict, "<als task>")
+    torch.set_num_threads(threads)
+    users, items = read_pairs(train_dir)
+    started = time.perf_counter()
+    tables = train_als_stage(
+        config, users, items, num_users=num_users, num_items=num_items, threads=threads
     )
     return tables, time.perf_counter() - started
 
