@@ -140,11 +140,18 @@ def item_log_frequency(items: np.ndarray, num_items: int) -> np.ndarray:
     item gets a finite correction; occurring items keep their exact frequency.
     """
     items = np.asarray(items, dtype=np.int64)
-    if items.size == 0:
-        raise ValueError("item_log_frequency needs a non-empty training stream")
-    if items.min() < 0 or items.max() >= num_items:
+    if items.size and (items.min() < 0 or items.max() >= num_items):
         raise ValueError(
             f"item ids must lie in [0, {num_items}), got [{items.min()}, {items.max()}]"
         )
-    counts = np.maximum(np.bincount(items, minlength=num_items), 1).astype(np.float64)
-    return np.log(counts / items.size).astype(np.float32)
+    return log_frequency(np.bincount(items, minlength=num_items))
+
+
+def log_frequency(item_counts: np.ndarray) -> np.ndarray:
+    """:func:`item_log_frequency` from the items' counts ``(num_items,)`` (a streamed
+    training set is counted, never held)."""
+    counts = np.asarray(item_counts, dtype=np.int64)
+    rows = int(counts.sum())
+    if rows == 0:
+        raise ValueError("item_log_frequency needs a non-empty training stream")
+    return np.log(np.maximum(counts, 1).astype(np.float64) / rows).astype(np.float32)

@@ -189,6 +189,19 @@ class EvalConfig:
 UseGpu = Literal["auto", "yes", "no"]
 """``resources.use_gpu``: auto uses GPU workers when the cluster has GPUs."""
 
+InProcess = Literal["auto", "never"]
+"""``resources.in_process``: ``auto`` runs a one-worker CPU stage in the command's own
+process when the command started its own local Ray (a worker group there adds a process
+start, about 10 s, and no capacity); ``never`` always starts the worker group."""
+
+Ingest = Literal["auto", "memory", "stream"]
+"""``resources.ingest``: how Train workers get their training rows.
+
+``memory``: every worker holds all rows (fastest for data that fits; bit-exact resume);
+``stream``: each worker streams only its own shard every epoch through Ray Data (memory
+bounded by batch, shuffle buffer and model); ``auto``: ``stream`` above
+``resources.stream_above_rows`` training rows, else ``memory`` (docs/scale.md)."""
+
 
 @dataclass(frozen=True)
 class ResourcesConfig:
@@ -197,6 +210,14 @@ class ResourcesConfig:
     cpus_per_worker: int = 1
     torch_threads: int = 1
     max_failures: int = 0  # Train FailureConfig: restarts from the last checkpoint
+    in_process: InProcess = "auto"
+    ingest: Ingest = "auto"
+    # 20 M rows x (3 int64 columns + 2 int64 tensors) is about 800 MB per worker in memory.
+    stream_above_rows: int = 20_000_000
+    shuffle_buffer_rows: int = 100_000  # streamed rows shuffled locally (per worker)
+    # use_gpu yes on a cluster whose GPU nodes are all down: how long to wait for the
+    # autoscaler to start one before failing (cloud GPU nodes take minutes to set up).
+    gpu_wait_seconds: int = 900
 
 
 @dataclass(frozen=True)
@@ -512,6 +533,8 @@ def validate(config: ExperimentConfig, source: str) -> None:
         "train.eval_every": config.train.eval_every,
         "resources.cpus_per_worker": config.resources.cpus_per_worker,
         "resources.torch_threads": config.resources.torch_threads,
+        "resources.stream_above_rows": config.resources.stream_above_rows,
+        "resources.shuffle_buffer_rows": config.resources.shuffle_buffer_rows,
         "data.synthetic.num_users": config.data.synthetic.num_users,
         "data.synthetic.num_items": config.data.synthetic.num_items,
         "data.synthetic.num_interactions": config.data.synthetic.num_interactions,
@@ -529,6 +552,7 @@ def validate(config: ExperimentConfig, source: str) -> None:
         "train.num_negatives": config.train.num_negatives,
         "train.early_stopping_patience": config.train.early_stopping_patience,
         "resources.max_failures": config.resources.max_failures,
+        "resources.gpu_wait_seconds": config.resources.gpu_wait_seconds,
     }.items():
         if value < 0:
             fail(path, f"must be >= 0, got {value}")
@@ -568,6 +592,12 @@ def validate(config: ExperimentConfig, source: str) -> None:
             "model.embedding_dim",
             f"must equal pretrain.embedding_dim + 1 (pretrained rows carry a bias element): "
             f"{config.model.embedding_dim} != {config.pretrain.embedding_dim} + 1",
+        )
+    if config.resources.ingest == "stream" and spec.rebalance != "none":
+        fail(
+            "resources.ingest",
+            f"'stream' cannot serve method {config.method!r}: its {spec.rebalance} "
+            "rebalancing resamples the whole training set in memory; use 'memory' or 'auto'",
         )
     if integration == "hybrid" and config.model.embedding_dim < 3:
         fail("model.embedding_dim", "hybrid integration needs at least 3 dimensions")

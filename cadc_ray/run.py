@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,7 @@ def run_experiment(
     """
     from cadc_ray.data import read_held_out
     from cadc_ray.runtime.checkpoint import software_versions
-    from cadc_ray.runtime.session import init_ray, resolve_use_gpu
+    from cadc_ray.runtime.session import init_ray, ray_target, resolve_use_gpu, stage_resources
     from cadc_ray.runtime.ttnn import fit_ttnn
 
     # Callers that built the config without load_config may hold relative paths: Train
@@ -112,6 +113,14 @@ def run_experiment(
 
     try:
         use_gpu = resolve_use_gpu(config.resources)
+        own_local_ray = started_ray and ray_target(address) is None
+        # What the stages run with; results.json keeps the config as asked for.
+        stage_config = replace(
+            config,
+            resources=stage_resources(
+                config.resources, use_gpu=use_gpu, own_local_ray=own_local_ray
+            ),
+        )
         split_started = time.perf_counter()
         dataset = split_dataset(prepared, manifest)
         split_seconds = time.perf_counter() - split_started
@@ -120,7 +129,7 @@ def run_experiment(
         pretrained_refs: list[ray.ObjectRef] | None = None
         if spec.pretrainer is not None:
             teacher = pretrain(
-                config,
+                stage_config,
                 dataset,
                 teachers=InMemoryTeachers(pretrain_cache) if pretrain_cache is not None else None,
                 use_gpu=use_gpu,
@@ -137,7 +146,7 @@ def run_experiment(
         inputs = ttnn_inputs(config, dataset, pretrained_refs)
         sample_seconds = time.perf_counter() - sample_started
         ttnn = fit_ttnn(
-            config,
+            stage_config,
             inputs,
             use_gpu=use_gpu,
             run_name="ttnn",
@@ -177,6 +186,7 @@ def run_experiment(
         "teacher_val_percent": _percent(teacher_quality["val"]) if teacher_quality else None,
         "train_seconds": ttnn.seconds,
         "train_loop_seconds": ttnn.loop_seconds,
+        "train_eval_seconds": ttnn.eval_seconds,  # full-ranking evaluation in the stage
         "prepare_seconds": round(prepare_seconds, 3),  # 0-ish when the prepared dir is reused
         "split_seconds": round(split_seconds, 3),  # 0-ish when the split is reused
         "sample_seconds": round(sample_seconds, 3),  # 0-ish when the sample is reused
@@ -189,6 +199,8 @@ def run_experiment(
         "num_users": manifest.num_users,
         "num_items": manifest.num_items,
         "num_workers": config.resources.num_workers,
+        # The stages ran in this process (resources.in_process, runtime.session.stage_resources).
+        "in_process": stage_config.resources.num_workers == 0,
         "use_gpu": use_gpu,
         "history": ttnn.history,
         "pretrain_history": pretrain_result.history if pretrain_result else [],

@@ -14,6 +14,9 @@
 #                       (`aws s3 sync` on the head, through its instance profile), then fetch
 #   --from-s3 URI       skip the cluster: `aws s3 sync URI/SWEEP_NAME LOCAL_DIR` (works
 #                       after `ray down`, needs the AWS CLI and credentials here)
+#   --mounted           the shared folder (--root) is mounted here too (the EFS/NFS share
+#                       mounted on this machine, or you are on the head node): copy from it
+#                       directly; no cluster config, SSH or `ray rsync-down` involved
 #   --cluster FILE      cluster config (default: cluster.yaml)
 #   --root DIR          shared folder on the cluster (default: $CADC_CLUSTER_ROOT or /mnt/cadc)
 #   --dry-run           print the commands instead of running them
@@ -35,6 +38,7 @@ CLUSTER_ROOT=${CADC_CLUSTER_ROOT:-/mnt/cadc}
 TO_S3=""
 FROM_S3=""
 REPORTS_ONLY=0
+MOUNTED=0
 DRY_RUN=0
 POSITIONAL=()
 while [ $# -gt 0 ]; do
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
     --to-s3) [ $# -ge 2 ] || die "--to-s3 needs a value"; TO_S3=${2%/}; shift 2 ;;
     --from-s3) [ $# -ge 2 ] || die "--from-s3 needs a value"; FROM_S3=${2%/}; shift 2 ;;
     --reports-only) REPORTS_ONLY=1; shift ;;
+    --mounted) MOUNTED=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) POSITIONAL+=("$1"); shift ;;
@@ -59,14 +64,16 @@ case "$SWEEP_NAME" in
   ""|.*|*/*|*[!A-Za-z0-9._-]*) die "sweep name must be a plain folder name ([A-Za-z0-9._-]), got '$SWEEP_NAME'" ;;
 esac
 [ -z "$TO_S3" ] || [ -z "$FROM_S3" ] || die "--to-s3 and --from-s3 exclude each other"
+[ "$MOUNTED" = 0 ] || [ -z "$TO_S3$FROM_S3" ] || die "--mounted copies from the shared folder; it excludes --to-s3 and --from-s3"
 for uri in "$TO_S3" "$FROM_S3"; do
   case "$uri" in ""|s3://?*) ;; *) die "expected an s3://bucket/prefix URI, got '$uri'" ;; esac
 done
-if [ -z "$FROM_S3" ]; then
+REMOTE_DIR="$CLUSTER_ROOT/sweeps/$SWEEP_NAME"
+if [ "$MOUNTED" = 1 ]; then
+  [ -d "$REMOTE_DIR" ] || die "no sweep folder $REMOTE_DIR (is the shared folder mounted here at --root $CLUSTER_ROOT?)"
+elif [ -z "$FROM_S3" ]; then
   [ -f "$CLUSTER" ] || die "cluster config not found: $CLUSTER"
 fi
-
-REMOTE_DIR="$CLUSTER_ROOT/sweeps/$SWEEP_NAME"
 REPORT_FILES=(results.csv results.md best_config.yaml spec.yaml spec.json plots)
 
 run() {
@@ -79,7 +86,19 @@ run() {
 }
 
 run mkdir -p "$LOCAL_DIR"
-if [ -n "$FROM_S3" ]; then
+if [ "$MOUNTED" = 1 ]; then
+  if [ "$REPORTS_ONLY" = 1 ]; then
+    for name in "${REPORT_FILES[@]}"; do
+      if [ -e "$REMOTE_DIR/$name" ]; then
+        run cp -R "$REMOTE_DIR/$name" "$LOCAL_DIR/"
+      else
+        echo "fetch_results: $REMOTE_DIR/$name not fetched (missing)" >&2
+      fi
+    done
+  else
+    run cp -R "$REMOTE_DIR/." "$LOCAL_DIR/"
+  fi
+elif [ -n "$FROM_S3" ]; then
   if [ "$REPORTS_ONLY" = 1 ]; then
     run aws s3 sync "$FROM_S3/$SWEEP_NAME" "$LOCAL_DIR" --exclude "tune/*" --exclude "train/*" --exclude "pretrained/*"
   else

@@ -26,6 +26,13 @@
 #   --root DIR        shared folder on the cluster (default: $CADC_CLUSTER_ROOT or /mnt/cadc)
 #   --no-wait         return after submission instead of streaming the job's logs
 #   --submission-id ID  default: cadc-sweep-<spec name>-<UTC timestamp>
+#   --code-on-cluster DIR  run the copy of this repository that every node already has at
+#                     DIR (absolute; cluster.yaml's file_mounts put it at
+#                     /home/ubuntu/cadc_ray and `ray up` re-syncs it) instead of uploading
+#                     this checkout with the job (Ray's `local://` working dir). SPEC must
+#                     be at the same relative path there. Also what a cluster whose nodes
+#                     share one disk needs (Ray's fake multi-node cluster: each node would
+#                     unpack the upload into the same folder, under the running job)
 #   --dry-run         print the `ray job submit` command instead of running it
 set -euo pipefail
 
@@ -45,6 +52,7 @@ ADDRESS=${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}
 CLUSTER_ROOT=${CADC_CLUSTER_ROOT:-/mnt/cadc}
 NO_WAIT=()
 SUBMISSION_ID=""
+CODE_DIR=""
 DRY_RUN=0
 SPEC=""
 EXTRA=()
@@ -56,6 +64,7 @@ while [ $# -gt 0 ]; do
     --root) [ $# -ge 2 ] || die "--root needs a value"; CLUSTER_ROOT=$2; shift 2 ;;
     --no-wait) NO_WAIT=(--no-wait); shift ;;
     --submission-id) [ $# -ge 2 ] || die "--submission-id needs a value"; SUBMISSION_ID=$2; shift 2 ;;
+    --code-on-cluster) [ $# -ge 2 ] || die "--code-on-cluster needs a value"; CODE_DIR=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -75,6 +84,10 @@ esac
 case "$CLUSTER_ROOT" in
   /*) ;;
   *) die "--root must be an absolute path on the cluster's shared filesystem, got '$CLUSTER_ROOT'" ;;
+esac
+case "$CODE_DIR" in
+  ""|/*) ;;
+  *) die "--code-on-cluster must be an absolute path on the cluster's nodes, got '$CODE_DIR'" ;;
 esac
 
 # 1. Validate locally, before anything is requested from the cluster.
@@ -96,16 +109,24 @@ export RAY_AUTH_MODE=token
 OUTPUT_DIR="$CLUSTER_ROOT/sweeps/$SWEEP_NAME"
 OUTPUT_ROOT="$CLUSTER_ROOT/runs"
 [ -n "$SUBMISSION_ID" ] || SUBMISSION_ID="cadc-sweep-$SWEEP_NAME-$(date -u +%Y%m%dT%H%M%SZ)"
-# Outputs, virtualenvs and VCS data stay home: the upload is the code and the specs.
+if [ -n "$CODE_DIR" ]; then
+  # The code is on every node already: nothing is uploaded.
+  WORKING_DIR=()
+  CODE_SOURCE="\"working_dir\": \"local://$CODE_DIR\""
+else
+  # Outputs, virtualenvs and VCS data stay home: the upload is the code and the specs.
+  WORKING_DIR=(--working-dir .)
+  CODE_SOURCE='"excludes": [".git", ".venv", "runs", "benchmarks/results", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"]'
+fi
 RUNTIME_ENV=$(cat <<JSON
 {"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1", "CADC_DATA_DIR": "$CLUSTER_ROOT/data"},
- "excludes": [".git", ".venv", "runs", "benchmarks/results", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"]}
+ $CODE_SOURCE}
 JSON
 )
 COMMAND=(ray job submit
   --address "$ADDRESS"
   --submission-id "$SUBMISSION_ID"
-  --working-dir .
+  "${WORKING_DIR[@]}"
   --runtime-env-json "$RUNTIME_ENV"
   "${NO_WAIT[@]}"
   --

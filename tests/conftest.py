@@ -9,6 +9,7 @@ each returns a fresh object, so a test may change what it gets.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,16 @@ def ray_session() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------
 # Tiny generic interaction logs (the ``generic`` reader's input)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (``scripts/`` is not a package)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def generic_log_config(

@@ -11,6 +11,7 @@ from cadc_ray.baselines import (
     REBALANCERS,
     head_items,
     item_log_frequency,
+    log_frequency,
     over_sampling,
     rebalance,
     under_sampling,
@@ -69,3 +70,5 @@ def test_item_log_frequency() -> None:
         item_log_frequency(np.array([3]), 3)
     with pytest.raises(ValueError, match="non-empty"):
         item_log_frequency(np.array([], dtype=np.int64), 3)
+    # From counts (the streamed path): the same values.
+    assert np.array_equal(log_frequency(np.array([3, 1, 0])), log_q)

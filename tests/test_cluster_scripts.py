@@ -123,9 +123,29 @@ def test_submit_accepts_address_root_and_no_wait(fake_env: dict[str, str]) -> No
     assert str(argv[argv.index("--submission-id") + 1]).startswith("cadc-sweep-ratio-")
 
 
+def test_submit_runs_the_code_already_on_the_cluster_without_uploading(
+    fake_env: dict[str, str],
+) -> None:
+    """--code-on-cluster: Ray's `local://` working dir (cluster.yaml's file_mounts put the
+    repository on every node), no `--working-dir` upload."""
+    done = run_script(SUBMIT, ["--code-on-cluster", "/home/ubuntu/cadc_ray", SPEC], fake_env)
+    assert done.returncode == 0, done.stderr
+    (call,) = ray_calls(fake_env)
+    argv = call["argv"]
+    assert isinstance(argv, list)
+    options = argv[: argv.index("--")]
+    assert "--working-dir" not in options
+    runtime_env = json.loads(options[options.index("--runtime-env-json") + 1])
+    assert runtime_env["working_dir"] == "local:///home/ubuntu/cadc_ray"
+    assert "excludes" not in runtime_env
+    assert runtime_env["env_vars"]["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
+    assert argv[argv.index("--") + 1 :][:4] == ["python", "-m", "cadc_ray.sweep", SPEC]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--code-on-cluster", "cadc_ray", SPEC], "--code-on-cluster must be an absolute path"),
         (["tune_specs/no-such-spec.yaml"], "spec file not found"),
         (["/etc/hostname"], "outside the repository"),
         (["--root", "relative/dir", SPEC], "--root must be an absolute path"),
@@ -247,3 +267,63 @@ def test_fetch_rejects_bad_input(
     assert done.returncode == 2
     assert message in done.stderr
     assert ray_calls(fake_env) == []
+
+
+def _sweep_folder(root: Path, name: str = "ratio") -> Path:
+    """A finished sweep's folder on a "shared" root: tables, a plot and Tune/Train state."""
+    folder = root / "sweeps" / name
+    (folder / "plots").mkdir(parents=True)
+    (folder / "tune").mkdir()
+    (folder / "results.csv").write_text("trial_id,method\nabc,cadc\n", encoding="utf-8")
+    (folder / "plots" / "hr.png").write_bytes(b"png")
+    (folder / "tune" / "experiment_state.json").write_text("{}", encoding="utf-8")
+    return folder
+
+
+def test_fetch_mounted_copies_from_the_shared_folder_without_the_cluster(
+    fake_env: dict[str, str], tmp_path: Path
+) -> None:
+    """--mounted: the shared root is mounted here (or this is the head): a plain copy, no
+    cluster config, no `ray rsync-down`."""
+    root, local = tmp_path / "shared", tmp_path / "results"
+    _sweep_folder(root)
+    done = run_script(
+        FETCH,
+        ["--mounted", "--cluster", "missing.yaml", "--root", str(root), "ratio", str(local)],
+        fake_env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (local / "results.csv").read_text(encoding="utf-8").startswith("trial_id,method")
+    assert (local / "plots" / "hr.png").read_bytes() == b"png"
+    assert (local / "tune" / "experiment_state.json").is_file()
+    assert ray_calls(fake_env) == []
+
+
+def test_fetch_mounted_reports_only_leaves_the_state_behind(
+    fake_env: dict[str, str], tmp_path: Path
+) -> None:
+    root, local = tmp_path / "shared", tmp_path / "results"
+    _sweep_folder(root)
+    done = run_script(
+        FETCH, ["--mounted", "--reports-only", "--root", str(root), "ratio", str(local)], fake_env
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in local.iterdir()) == ["plots", "results.csv"]
+    assert "best_config.yaml not fetched (missing)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mounted", "--root", "{root}", "nope"], "no sweep folder"),
+        (["--mounted", "--to-s3", "s3://b/p", "--root", "{root}", "ratio"], "excludes --to-s3"),
+    ],
+)
+def test_fetch_mounted_rejects_a_missing_sweep_and_s3(
+    fake_env: dict[str, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    root = tmp_path / "shared"
+    _sweep_folder(root)
+    done = run_script(FETCH, [arg.format(root=root) for arg in args], fake_env)
+    assert done.returncode == 2
+    assert message in done.stderr

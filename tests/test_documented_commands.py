@@ -201,6 +201,8 @@ def test_readme_first_run_command(
     results = json.loads(results_file.read_text(encoding="utf-8"))
     _check_results(results, fresh_cwd)
     assert results["num_workers"] == num_workers and results["method"] == "cadc"
+    # The suite's shared Ray is not the command's own: one worker stays a worker group.
+    assert results["in_process"] is (num_workers == 0)
     assert results["teacher_test_percent"] is not None
 
 

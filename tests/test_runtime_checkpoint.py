@@ -14,12 +14,12 @@ from cadc_ray.runtime.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
     capture_rng_state,
+    check_resumable,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
     software_versions,
 )
-from cadc_ray.runtime.trainer import check_resumable
 
 
 def _state(epoch: int = 3) -> dict[str, object]:

@@ -154,7 +154,7 @@ def test_ttnn_stage_learns_and_beats_popularity(tiny: TinyData, one_worker: Any)
     assert 0 < result.train_interactions < 12000
 
 
-TIMING_KEYS = ("samples_per_second", "epoch_seconds", "train_loop_seconds")
+TIMING_KEYS = ("samples_per_second", "epoch_seconds", "train_loop_seconds", "peak_rss_mib")
 
 
 def _without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -217,3 +217,66 @@ def test_als_stage_runs_as_one_ray_task(tiny: TinyData) -> None:
     assert result.tables.user.shape == (tiny.num_users, 16)
     assert result.tables.item.shape == (tiny.num_items, 16)
     assert result.epochs == 3 and result.seconds >= result.loop_seconds > 0
+
+
+STREAM_EPOCHS = {"pretrain.epochs": 4, "train.epochs": 3}
+"""Streamed epochs start a Ray Data execution each (seconds on 2 cores): fewer epochs,
+compared with the in-memory run at the same epoch."""
+
+
+def test_a_streamed_one_worker_stage_repeats_exactly(
+    tiny: TinyData, pretrained: PretrainResult, one_worker: Any
+) -> None:
+    """``resources.ingest: stream`` with one worker: the TTNN learns from Ray Data's stream,
+    the same seed gives the same history and metrics, and each epoch lands where the
+    in-memory path's does (within the noise of another batch order)."""
+    config = replace_dotted(tiny.config, {"resources.ingest": "stream", "train.epochs": 2})
+    first = _fit(tiny, config, pretrained.tables)
+    again = _fit(tiny, config, pretrained.tables)
+    assert _without_timings(again.history) == _without_timings(first.history)
+    assert again.test_metrics == first.test_metrics
+    assert first.train_interactions == one_worker.train_interactions
+    assert first.history[1]["loss"] < first.history[0]["loss"]
+    for streamed, held in zip(first.history, one_worker.history, strict=False):
+        assert abs(streamed["val_hr@10"] - held["val_hr@10"]) < 0.08
+
+
+def test_two_streaming_workers_reach_what_one_in_memory_worker_does(
+    tiny: TinyData, pretrained: PretrainResult, one_worker: Any, tmp_path: Path
+) -> None:
+    """#10 item 6 on the streaming path: 2-worker DDP, each worker streaming only its own
+    half, against 1 worker holding every row, at the same epochs. Stated noise: 0.08 HR@10
+    (about 2 standard errors of a difference at HR 0.3 on these 300 validation users), 0.05
+    in the loss."""
+    from cadc_ray.runtime.pretrain import fit_pretrain
+
+    held_config = replace_dotted(tiny.config, STREAM_EPOCHS)
+    config = replace_dotted(held_config, {"resources.num_workers": 2, "resources.ingest": "stream"})
+    held_mf = fit_pretrain(
+        held_config, tiny.split, num_users=tiny.num_users, num_items=tiny.num_items
+    )
+    storage = str(tmp_path)  # a fresh run folder: Train resumes a run of the same name
+    mf = fit_pretrain(
+        config,
+        tiny.split,
+        num_users=tiny.num_users,
+        num_items=tiny.num_items,
+        run_name="mf-two-streaming",
+        storage_path=storage,
+    )
+    losses = [epoch["loss"] for epoch in mf.history]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert abs(_mf_val_hr(tiny, mf) - _mf_val_hr(tiny, held_mf)) < 0.08
+    assert abs(mf.history[-1]["loss"] - held_mf.history[-1]["loss"]) < 0.05
+    double = _fit(
+        tiny, config, pretrained.tables, run_name="ttnn-two-streaming", storage_path=storage
+    )
+    single = one_worker.history[len(double.history) - 1]  # the in-memory run at that epoch
+    assert double.history[-1]["loss"] < double.history[0]["loss"]
+    assert abs(double.history[-1]["val_hr@10"] - single["val_hr@10"]) < 0.08
+    assert abs(double.history[-1]["loss"] - single["loss"]) < 0.05
+    # Each worker held only its shard: the rows trained per epoch add up to the sample
+    # (equal shards leave out at most one row of an odd count).
+    last = double.history[-1]
+    rows_per_epoch = round(last["samples_per_second"] * last["epoch_seconds"])
+    assert one_worker.train_interactions - 1 <= rows_per_epoch <= one_worker.train_interactions

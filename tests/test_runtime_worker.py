@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,14 +105,14 @@ def test_use_gpu_yes_without_gpus_is_a_config_error(ray_session: None) -> None:
         resolve_use_gpu(ResourcesConfig(use_gpu="yes"))
 
 
-def test_local_mode_reads_its_rows_in_row_index_order(tmp_path: Path) -> None:
-    """``read_rows`` (local mode) returns what ``pull_shard`` does: rows sorted by
+def test_memory_path_reads_its_rows_in_row_index_order(tmp_path: Path) -> None:
+    """``read_rows`` (every worker on the memory path) returns the rows sorted by
     ``row_index`` whatever the order of the shards and of the rows in them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from cadc_ray.config import ExperimentConfig
-    from cadc_ray.runtime.trainer import training_input
+    from cadc_ray.runtime.ingest import training_input
     from cadc_ray.runtime.worker import read_rows
 
     folder = tmp_path / "train"
@@ -125,6 +126,97 @@ def test_local_mode_reads_its_rows_in_row_index_order(tmp_path: Path) -> None:
     assert rows["row_index"].tolist() == [0, 1, 2, 3, 4, 5]
     assert rows["user_id"].tolist() == [0, 10, 20, 30, 40, 50]
     assert rows["item_id"].tolist() == [0, 100, 200, 300, 400, 500]
-    # Local mode gets the path, no Ray Data dataset.
-    local = ExperimentConfig(resources=ResourcesConfig(num_workers=0))
-    assert training_input(local, str(folder)) == (None, str(folder))
+    # In memory, local mode and worker groups alike get the absolute path, no Ray Data job.
+    for workers in (0, 2):
+        config = ExperimentConfig(resources=ResourcesConfig(num_workers=workers))
+        training = training_input(config, folder, seed=0)
+        assert training.datasets is None and training.dataset_config is None
+        assert training.loop_entries["train_folder"] == str(folder.resolve())
+        assert training.loop_entries["ingest"] == "memory"
+
+
+def _write_pairs(folder: Path, shards: dict[str, list[tuple[int, int]]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for name, pairs in shards.items():
+        users, items = (np.array(column) for column in zip(*pairs, strict=True))
+        row_index = np.arange(start, start + len(pairs))
+        start += len(pairs)
+        pq.write_table(
+            pa.table({"row_index": row_index, "user_id": users, "item_id": items}), folder / name
+        )
+
+
+def test_ingest_auto_streams_only_above_the_row_threshold(tmp_path: Path) -> None:
+    from cadc_ray.config import ExperimentConfig
+    from cadc_ray.runtime.ingest import parquet_rows, resolve_ingest
+
+    folder = tmp_path / "train"
+    _write_pairs(folder, {"a.parquet": [(0, 1), (1, 2)], "b.parquet": [(2, 0), (0, 0), (1, 1)]})
+    (folder / "_SUCCESS").write_text("")  # marker files are not data
+    assert parquet_rows(folder) == 5
+
+    def ingest(**resources: Any) -> str:
+        method = resources.pop("method", "cadc")
+        config = ExperimentConfig(method=method, resources=ResourcesConfig(**resources))
+        return resolve_ingest(config, folder)
+
+    assert ingest(stream_above_rows=4) == "stream"
+    assert ingest(stream_above_rows=5) == "memory"
+    assert ingest(stream_above_rows=4, ingest="memory") == "memory"
+    assert ingest(stream_above_rows=10, ingest="stream") == "stream"
+    # Over-/under-sampling resample the whole set in memory: auto keeps them there.
+    assert ingest(stream_above_rows=4, method="over_sampling") == "memory"
+
+
+def test_stream_ingest_rejects_rebalancing_methods_at_load() -> None:
+    from cadc_ray.config import load_config
+
+    with pytest.raises(
+        ConfigError,
+        match=r"resources\.ingest: 'stream' cannot serve method 'under_sampling': its "
+        r"under_sampling rebalancing",
+    ):
+        load_config(None, ["method=under_sampling", "resources.ingest=stream"])
+    with pytest.raises(ConfigError, match=r"resources\.ingest: 'disk' is not one of"):
+        load_config(None, ["resources.ingest=disk"])
+    with pytest.raises(ConfigError, match=r"resources\.shuffle_buffer_rows: must be >= 1"):
+        load_config(None, ["resources.shuffle_buffer_rows=0"])
+
+
+def test_counting_a_folder_batch_by_batch_matches_bincount(tmp_path: Path) -> None:
+    from cadc_ray.data import DataError, InteractionCounts, count_interactions
+
+    folder = tmp_path / "train"
+    pairs = [(0, 1), (1, 2), (2, 0), (0, 0), (1, 1), (0, 2)]
+    _write_pairs(folder, {"a.parquet": pairs[:4], "b.parquet": pairs[4:]})
+    counts = count_interactions(folder, num_users=4, num_items=3)
+    users, items = (np.array(column) for column in zip(*pairs, strict=True))
+    expected = InteractionCounts.of(users, items, 4, 3)
+    assert counts.rows == expected.rows == 6
+    assert counts.users.tolist() == expected.users.tolist() == [3, 2, 1, 0]
+    assert counts.items.tolist() == expected.items.tolist() == [2, 2, 2]
+    with pytest.raises(DataError, match=r"train: item_id out of range \[0, 2\) \(min 0, max 2\)"):
+        count_interactions(folder, num_users=4, num_items=2)
+
+
+def test_one_cpu_worker_runs_in_process_only_on_the_commands_own_ray() -> None:
+    from cadc_ray.runtime.session import stage_resources
+
+    def workers(own_local_ray: bool = True, use_gpu: bool = False, **resources: Any) -> int:
+        configured = ResourcesConfig(**{"num_workers": 1, **resources})
+        effective = stage_resources(configured, use_gpu=use_gpu, own_local_ray=own_local_ray)
+        assert effective.num_workers in (0, configured.num_workers)
+        assert effective.cpus_per_worker == configured.cpus_per_worker
+        return effective.num_workers
+
+    assert workers() == 0  # the laptop case: a worker group would only add its start
+    assert workers(in_process="never") == 1
+    assert workers(own_local_ray=False) == 1  # a cluster (or a shared session): as asked
+    assert workers(use_gpu=True) == 1
+    assert workers(num_workers=2) == 2
+    assert workers(max_failures=1) == 1  # restarts need Train's worker group
+    assert workers(num_workers=0, own_local_ray=False) == 0

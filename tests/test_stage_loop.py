@@ -23,8 +23,8 @@ from cadc_ray.data.split import ROLE_TEST, ROLE_VALIDATION, leave_last_two_out_r
 from cadc_ray.methods import METHODS
 from cadc_ray.models.pretrained import PretrainedTables
 from cadc_ray.runtime.pretrain import train_als_stage, train_mf_stage
-from cadc_ray.runtime.stage import local_environment
-from cadc_ray.runtime.ttnn import ResolvedInputs, train_ttnn_stage
+from cadc_ray.runtime.stage import StreamedRows, TrainingData, local_environment
+from cadc_ray.runtime.ttnn import ResolvedInputs, train_ttnn_stage, ttnn_training_data
 
 NUM_USERS, NUM_ITEMS = 150, 80
 FILTER_RATIO = 2
@@ -125,7 +125,7 @@ def _teacher(config: ExperimentConfig, data: TinyInteractions) -> PretrainedTabl
     output = train_mf_stage(
         config,
         pretrainer,
-        data.train,
+        _held(data.train),
         num_users=NUM_USERS,
         num_items=NUM_ITEMS,
         environment=environment,
@@ -140,6 +140,10 @@ def _teacher(config: ExperimentConfig, data: TinyInteractions) -> PretrainedTabl
         pretrainer=output["pretrainer"],
         global_bias=float(output["global_bias"]),
     )
+
+
+def _held(rows: dict[str, np.ndarray]) -> TrainingData:
+    return TrainingData.in_memory(rows["user_id"], rows["item_id"], NUM_USERS, NUM_ITEMS)
 
 
 def _training_rows(config: ExperimentConfig, data: TinyInteractions) -> dict[str, np.ndarray]:
@@ -158,7 +162,8 @@ def _train_ttnn(
     environment, reports = local_environment(resume_from)
     torch.manual_seed(123)  # the stage must not depend on the caller's global RNG
     inputs = ResolvedInputs(NUM_USERS, NUM_ITEMS, data.held_out, teacher, None, None)
-    output = train_ttnn_stage(config, _training_rows(config, data), inputs, environment)
+    training = ttnn_training_data(config, _training_rows(config, data), NUM_USERS, NUM_ITEMS)
+    output = train_ttnn_stage(config, training, inputs, environment)
     assert output is not None
     return output, reports
 
@@ -205,7 +210,12 @@ def test_a_resumed_stage_ends_exactly_like_the_uninterrupted_one(tiny: TinyInter
     resumed, resumed_reports = _train_ttnn(config, tiny, teacher, resume_from=after_two_epochs)
 
     def outcome(metrics: dict[str, Any]) -> dict[str, Any]:
-        return {name: value for name, value in metrics.items() if "second" not in name}
+        measured = ("second" in name or name == "peak_rss_mib" for name in metrics)
+        return {
+            name: value
+            for (name, value), is_measured in zip(metrics.items(), measured, strict=True)
+            if not is_measured
+        }
 
     assert [report["epoch"] for report in resumed_reports.metrics] == [3, 4]
     assert [outcome(m) for m in resumed_reports.metrics] == [
@@ -245,10 +255,50 @@ def test_pretraining_checkpoints_hold_the_common_and_the_stage_keys(
     config = _config("cadc")
     environment, reports = local_environment()
     train_mf_stage(
-        config, "mf", tiny.train, num_users=NUM_USERS, num_items=NUM_ITEMS, environment=environment
+        config,
+        "mf",
+        _held(tiny.train),
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        environment=environment,
     )
     state = reports.states[-1]
     assert state is not None
     assert state["stage"] == "pretrain" and state["epoch"] == config.pretrain.epochs
     assert {"model", "optimizers", "history", "loop_seconds", "rng", "config"} <= set(state)
     assert len(state["history"]) == config.pretrain.epochs
+
+
+def test_a_streamed_stage_learns_reproducibly_from_its_shard_alone(tiny: TinyInteractions) -> None:
+    """The streaming path's contract, without Ray: each epoch re-opens the stream with a
+    new seed derived from (stage seed, epoch, rank), batches hold the global batch split
+    per rank, and the same seed gives the same losses."""
+    config = _config("cadc")
+    held = _held(tiny.train)
+    users = torch.from_numpy(tiny.train["user_id"].astype(np.int64))
+    items = torch.from_numpy(tiny.train["item_id"].astype(np.int64))
+    opened: list[tuple[int, int]] = []
+
+    def open_epoch(batch_rows: int, shuffle_seed: int) -> Any:
+        opened.append((batch_rows, shuffle_seed))
+        order = torch.randperm(users.numel(), generator=torch.Generator().manual_seed(shuffle_seed))
+        for start in range(0, order.numel(), batch_rows):
+            rows = order[start : start + batch_rows]
+            yield {"user_id": users[rows].int(), "item_id": items[rows].int()}  # cast back
+
+    def streamed_losses() -> list[float]:
+        environment, reports = local_environment()
+        data = TrainingData(rows=StreamedRows(open_epoch), counts=held.counts)
+        train_mf_stage(
+            config, "mf", data, num_users=NUM_USERS, num_items=NUM_ITEMS, environment=environment
+        )
+        assert all(report["peak_rss_mib"] > 0 for report in reports.metrics)
+        return [report["loss"] for report in reports.metrics]
+
+    first = streamed_losses()
+    assert len(first) == config.pretrain.epochs and first[-1] < first[0]
+    epochs = config.pretrain.epochs
+    assert [rows for rows, _ in opened] == [config.pretrain.batch_size] * epochs
+    assert len({seed for _, seed in opened}) == epochs  # a new shuffle every epoch
+    assert streamed_losses() == first  # same seed, same stream, same losses
+    assert opened[:epochs] == opened[epochs:]

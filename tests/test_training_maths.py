@@ -52,11 +52,14 @@ def test_popularity_sampler_follows_count_power() -> None:
     assert np.allclose(shares, np.array([1, 1, 8, 27]) / 37, atol=0.01)
 
 
-def test_build_negative_sampler_needs_items_for_popularity() -> None:
-    with pytest.raises(ValueError, match="needs the training items"):
+def test_build_negative_sampler_needs_item_counts_for_popularity() -> None:
+    with pytest.raises(ValueError, match="needs the training item counts"):
         build_negative_sampler("popularity", 4)
-    sampler = build_negative_sampler("popularity", 4, np.array([3, 3, 1]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        build_negative_sampler("popularity", 4, item_counts=np.array([3, 3, 1]))
+    sampler = build_negative_sampler("popularity", 4, item_counts=np.array([0, 1, 2, 0]))
     assert isinstance(sampler, PopularityNegativeSampler)
+    assert np.allclose(sampler.probabilities.numpy(), np.array([1, 1, 2**0.75, 1]) / (3 + 2**0.75))
 
 
 def test_bce_matches_hand_computation() -> None:

@@ -10,6 +10,8 @@ from cadc_ray.data.known import KnownPositives
 from cadc_ray.data.layout import FeatureSpec, Manifest, load_entity_features, load_id_map
 from cadc_ray.data.pairs import (
     HeldOutSets,
+    InteractionCounts,
+    count_interactions,
     known_positives,
     open_known_positives,
     read_held_out,
@@ -24,9 +26,11 @@ __all__ = [
     "EntityFeatures",
     "FeatureSpec",
     "HeldOutSets",
+    "InteractionCounts",
     "KnownPositives",
     "Manifest",
     "SplitPaths",
+    "count_interactions",
     "known_positives",
     "leave_last_two_out_roles",
     "load_entity_features",

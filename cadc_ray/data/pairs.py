@@ -42,6 +42,58 @@ def read_pairs(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+COUNT_BATCH_ROWS = 1 << 20
+"""Rows per record batch when counting: memory stays O(ids + batch), not O(rows)."""
+
+
+@dataclass(frozen=True)
+class InteractionCounts:
+    """How often each user and item occurs in a training stream (what the samplers, LogQ
+    and the frequency-aware id tables need from the data besides the batches)."""
+
+    rows: int
+    users: np.ndarray  # (num_users,) int64
+    items: np.ndarray  # (num_items,) int64
+
+    @classmethod
+    def of(
+        cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
+    ) -> InteractionCounts:
+        """The counts of in-memory ``users (N,)`` / ``items (N,)``."""
+        return cls(
+            rows=int(np.asarray(users).size),
+            users=_bincount(np.asarray(users), num_users, "user_id", "<memory>"),
+            items=_bincount(np.asarray(items), num_items, "item_id", "<memory>"),
+        )
+
+
+def count_interactions(path: Path | str, num_users: int, num_items: int) -> InteractionCounts:
+    """The counts of a Parquet file or folder of shards, read batch by batch (the
+    streaming path's workers never hold the rows themselves)."""
+    import pyarrow.dataset as ds
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found (expected a Parquet file or a folder of shards)")
+    users = np.zeros(num_users, dtype=np.int64)
+    items = np.zeros(num_items, dtype=np.int64)
+    rows = 0
+    dataset = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."])
+    for batch in dataset.to_batches(columns=["user_id", "item_id"], batch_size=COUNT_BATCH_ROWS):
+        users += _bincount(batch.column("user_id").to_numpy(), num_users, "user_id", path)
+        items += _bincount(batch.column("item_id").to_numpy(), num_items, "item_id", path)
+        rows += batch.num_rows
+    return InteractionCounts(rows=rows, users=users, items=items)
+
+
+def _bincount(ids: np.ndarray, size: int, column: str, source: Path | str) -> np.ndarray:
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise DataError(
+            f"{source}: {column} out of range [0, {size}) (min {ids.min()}, max {ids.max()})"
+        )
+    return np.bincount(ids, minlength=size).astype(np.int64)
+
+
 def known_positives(split: SplitPaths, num_users: int, num_items: int) -> sp.csr_matrix:
     """Binary ``(num_users, num_items)`` CSR matrix of every (user, item) in D_full.
 

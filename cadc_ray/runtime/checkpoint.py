@@ -125,3 +125,19 @@ def load_checkpoint(
     if missing:
         raise CheckpointError(f"{file}: lacks {missing}")
     return state
+
+
+def check_resumable(state: dict[str, Any], stage: str, config_dict: dict[str, Any]) -> None:
+    """A checkpoint resumes only the stage and the config that wrote it."""
+    if state["stage"] != stage:
+        raise CheckpointError(f"checkpoint of stage {state['stage']!r} cannot resume {stage!r}")
+    if state["config"] != config_dict:
+        changed = sorted(
+            key
+            for key in set(state["config"]) | set(config_dict)
+            if state["config"].get(key) != config_dict.get(key)
+        )
+        raise CheckpointError(
+            f"the checkpoint to resume was written with another config (sections {changed} "
+            "differ); use a new run name or storage path"
+        )

@@ -1,24 +1,89 @@
-"""How Ray Train hands the training dataset to its workers.
+"""How a stage's training rows reach its Train workers: held in memory, or streamed.
 
-Train's default ``DataConfig`` splits with ``streaming_split(n, equal=True)``, which
-drops up to ``n - 1`` rows so that every worker gets the same count. The workers here
-all-gather their shards into one identical array (``runtime.worker.pull_shard``), so
-equal shard sizes buy nothing and a dropped row would make a 2-worker run train on
-different data than a 1-worker run. ``WholeRowsDataConfig`` splits with ``equal=False``:
-every row reaches exactly one worker.
+``resources.ingest`` chooses (``auto``: by the training folder's row count from its
+Parquet metadata, :func:`resolve_ingest`):
 
-Imported lazily (it imports Ray Train): ``runtime.trainer`` builds it per run.
+- **memory**: every worker holds all rows, read from the training folder by itself
+  (``runtime.worker.read_rows``: no Ray Data job, whose split would only be gathered back;
+  the path is absolute, on the cluster's shared filesystem). The epoch order is a seeded
+  permutation of ``row_index``: 1 and ``W`` workers train on the same positives per
+  step, and a resumed run is bit-exact. Memory per worker grows with the rows.
+- **stream**: each worker iterates only its own shard, every epoch, through Ray Data
+  (``iter_torch_batches`` with a seeded local shuffle buffer, after a per-epoch seeded
+  block order). Memory per worker is bounded by the batch, the shuffle buffer and the
+  model. Shards must hold equal row counts so that every rank steps equally often (DDP
+  and the fused MF step synchronise every step): Train's split with ``equal=True``
+  (:class:`StreamShardConfig`) leaves out up to ``W - 1`` rows per epoch. Only the counts (users, items) are computed from the whole folder, batch by batch
+  (``data.count_interactions``). Reproducibility: Ray Data's ``streaming_split`` hands
+  blocks to whichever worker asks first, so with 2+ workers which rank sees which rows is
+  not reproducible, and a resumed run continues from the checkpointed epoch with the same
+  seeds but not bit-exactly. With one worker, the order is preserved
+  (``preserve_order``): the same seed gives the same metrics.
+
+Imported lazily by the stage drivers (it imports Ray Train).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+import torch
 from ray.train import DataConfig
 
+from cadc_ray.config import ExperimentConfig
+from cadc_ray.runtime.stage import StreamedRows, TrainingData
+from cadc_ray.runtime.worker import WorkerInfo, derive_seed, read_rows
 
-class WholeRowsDataConfig(DataConfig):
-    """``DataConfig`` whose split keeps every row (``streaming_split(equal=False)``)."""
+logger = logging.getLogger(__name__)
+
+STREAMED_COLUMNS = ["user_id", "item_id"]
+
+ResolvedIngest = Literal["memory", "stream"]
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or folder of shards, from the files' metadata (no data read)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."])
+    return sum(fragment.metadata.num_rows for fragment in dataset.get_fragments())
+
+
+def resolve_ingest(config: ExperimentConfig, path: str | Path) -> ResolvedIngest:
+    """``resources.ingest`` for the training folder ``path``: ``auto`` streams above
+    ``resources.stream_above_rows`` rows, except for the rebalancing methods (they
+    resample the whole set in memory; ``stream`` is rejected for them at config load)."""
+    from cadc_ray.methods import METHODS
+
+    resources = config.resources
+    if resources.ingest != "auto":
+        return resources.ingest
+    if METHODS[config.method].rebalance != "none":
+        return "memory"
+    rows = parquet_rows(path)
+    chosen: ResolvedIngest = "stream" if rows > resources.stream_above_rows else "memory"
+    logger.info(
+        "ingest auto: %d training rows (stream above %d) -> %s",
+        rows,
+        resources.stream_above_rows,
+        chosen,
+    )
+    return chosen
+
+
+class StreamShardConfig(DataConfig):
+    """Train's ``DataConfig`` for the streaming path: equal shards
+    (``streaming_split(equal=True)``: equal step counts on every rank), and
+    ``preserve_order`` so that a one-worker stream is deterministic."""
+
+    def __init__(self, *, preserve_order: bool) -> None:
+        super().__init__()
+        self.preserve_order = preserve_order
 
     def configure(
         self,
@@ -34,10 +99,90 @@ class WholeRowsDataConfig(DataConfig):
             if dataset.name is None:
                 dataset.set_name(name)
             shard_source = dataset.copy(dataset)
-            shard_source.context.execution_options = self._resolve_execution_options(name)
+            options = self._resolve_execution_options(name)
+            options.preserve_order = self.preserve_order
+            shard_source.context.execution_options = options
             splits = shard_source.streaming_split(
-                world_size, equal=False, locality_hints=locality_hints
+                world_size, equal=True, locality_hints=locality_hints
             )
             for rank, split in enumerate(splits):
                 output[rank][name] = split
         return output
+
+
+@dataclass(frozen=True)
+class TrainingInput:
+    """What a stage's ``TorchTrainer`` gets for its training rows."""
+
+    datasets: dict[str, Any] | None  # {"train": Dataset} to stream; None: workers read the folder
+    dataset_config: StreamShardConfig | None
+    loop_entries: dict[str, Any] = field(default_factory=dict)  # merged into train_loop_config
+
+
+def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> TrainingInput:
+    """How the training Parquet folder ``path`` reaches the stage's workers.
+
+    ``seed`` is the stage's seed (the streamed block order derives from it). In memory,
+    every worker reads the folder itself; a stream gets a Ray Data dataset for Train to
+    split.
+    """
+    import ray.data
+
+    ingest = resolve_ingest(config, path)
+    folder = str(Path(path).resolve())
+    entries: dict[str, Any] = {
+        "ingest": ingest,
+        "train_folder": folder,
+        "shuffle_buffer_rows": config.resources.shuffle_buffer_rows,
+    }
+    if ingest == "memory":
+        return TrainingInput(None, None, entries)
+    # A new block order every epoch (every execution), the same sequence for the same seed.
+    block_order = ray.data.RandomSeedConfig(
+        seed=derive_seed(seed, "order") % (2**31), reseed_after_execution=True
+    )
+    dataset = ray.data.read_parquet(folder, columns=STREAMED_COLUMNS).randomize_block_order(
+        seed=block_order
+    )
+    single_worker = config.resources.num_workers <= 1
+    return TrainingInput(
+        {"train": dataset}, StreamShardConfig(preserve_order=single_worker), entries
+    )
+
+
+Resample = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``(users, items) -> (users, items)``: e.g. over-/under-sampling (memory path only)."""
+
+
+def training_data(
+    loop_config: Mapping[str, Any],
+    worker: WorkerInfo,
+    num_users: int,
+    num_items: int,
+    resample: Resample | None = None,
+) -> TrainingData:
+    """This worker's training input, on the path :func:`training_input` chose."""
+    if loop_config["ingest"] == "memory":
+        rows = read_rows(loop_config["train_folder"], ("user_id", "item_id"))
+        users, items = rows["user_id"], rows["item_id"]
+        if resample is not None:
+            users, items = resample(users, items)
+        return TrainingData.in_memory(users, items, num_users, num_items, worker.device)
+    import ray.train
+
+    from cadc_ray.data import count_interactions
+
+    shard = ray.train.get_dataset_shard("train")
+    buffer_rows = int(loop_config["shuffle_buffer_rows"])
+
+    def open_epoch(batch_rows: int, shuffle_seed: int) -> Iterable[Mapping[str, torch.Tensor]]:
+        return shard.iter_torch_batches(
+            batch_size=batch_rows,
+            dtypes=torch.int64,
+            device="cpu",  # StreamedRows moves each batch to the worker's device
+            local_shuffle_buffer_size=buffer_rows,
+            local_shuffle_seed=shuffle_seed % (2**32),
+        )
+
+    counts = count_interactions(loop_config["train_folder"], num_users, num_items)
+    return TrainingData(rows=StreamedRows(open_epoch), counts=counts)

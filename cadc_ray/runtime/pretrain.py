@@ -1,9 +1,8 @@
 """Stage 1 on Ray: MF / MF-MLP pretraining through a TorchTrainer, ALS as one Ray task.
 
-``fit_pretrain`` feeds D_full to a worker group from Ray Data (``datasets={"train": ...}``;
-local mode reads the Parquet folder directly: ``runtime.trainer.training_input``); each
-worker pulls its shard once into memory (see ``runtime.worker`` for why and how the epochs stay
-reproducible), trains MF with the row-sparse fused step (``training.fused_mf``: the touched
+``fit_pretrain`` feeds D_full to the workers as ``resources.ingest`` says
+(``runtime.ingest``: all rows in memory on every worker, see ``runtime.worker`` for how the
+epochs stay reproducible; or each worker streaming its own shard), trains MF with the row-sparse fused step (``training.fused_mf``: the touched
 rows' gradients are all-gathered, no DDP) and MF-MLP with DDP (gradients for both tables on
 every step, so DDP's all-reduce sees every parameter); the alternation schedule is a pure
 function of ``(epoch, batch)``, so every rank steps the same side. It reports loss, epoch and
@@ -23,7 +22,7 @@ import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.models.pretrained import PretrainedTables
-from cadc_ray.runtime.stage import Batches, StageEnvironment
+from cadc_ray.runtime.stage import Batches, StageEnvironment, TrainingData
 from cadc_ray.training.alternation import MFOptimizers
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class MFStage:
         pretrainer: str,
         num_users: int,
         num_items: int,
-        train_items: np.ndarray,
+        item_counts: np.ndarray,
         seed: int,
         environment: StageEnvironment,
     ) -> None:
@@ -90,7 +89,9 @@ class MFStage:
             self.optimizers = make_mf_optimizers(
                 self.base, settings.learning_rate, settings.weight_decay
             )
-        self.sampler = build_negative_sampler(settings.negative_sampler, num_items, train_items)
+        self.sampler = build_negative_sampler(
+            settings.negative_sampler, num_items, item_counts=item_counts
+        )
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.base.load_state_dict(state["model"])
@@ -145,24 +146,21 @@ class MFStage:
 def train_mf_stage(
     config: ExperimentConfig,
     pretrainer: str,
-    data: dict[str, np.ndarray],
+    data: TrainingData,
     *,
     num_users: int,
     num_items: int,
     environment: StageEnvironment,
 ) -> dict[str, Any] | None:
-    """MF / MF-MLP pretraining on the positives ``data`` (``user_id``/``item_id``, the same
-    rows on every rank) -> rank 0's exported tables and history (None on other ranks)."""
+    """MF / MF-MLP pretraining on the positives ``data`` (held or streamed, see
+    ``runtime.ingest``) -> rank 0's exported tables and history (None on other ranks)."""
     from cadc_ray.runtime.stage import run_stage
     from cadc_ray.runtime.worker import stage_seed
 
     settings = config.pretrain
-    device = environment.worker.device
     seed = stage_seed(config.seed, settings.seed)
-    users = torch.from_numpy(data["user_id"].astype(np.int64)).to(device)  # (N,)
-    items = torch.from_numpy(data["item_id"].astype(np.int64)).to(device)  # (N,)
-    body = MFStage(config, pretrainer, num_users, num_items, data["item_id"], seed, environment)
-    run = run_stage(body, environment, config, users, items)
+    body = MFStage(config, pretrainer, num_users, num_items, data.counts.items, seed, environment)
+    run = run_stage(body, environment, config, data.rows)
     if environment.worker.rank != 0:
         return None
     tables = body.base.export_tables()  # the module inside DDP: wrapping keeps it in place
@@ -181,21 +179,21 @@ def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker)."""
 
     from cadc_ray.console import quiet_train_worker
+    from cadc_ray.runtime.ingest import training_data
     from cadc_ray.runtime.stage import train_environment
     from cadc_ray.runtime.trainer import config_from_loop
-    from cadc_ray.runtime.worker import training_rows
 
     quiet_train_worker()
     config = config_from_loop(loop_config)
     torch.set_num_threads(config.resources.torch_threads)
     environment = train_environment(STAGE, loop_config)
-    data = training_rows(loop_config, environment.worker)
+    num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
     return train_mf_stage(
         config,
         loop_config["pretrainer"],
-        data,
-        num_users=int(loop_config["num_users"]),
-        num_items=int(loop_config["num_items"]),
+        training_data(loop_config, environment.worker, num_users, num_items),
+        num_users=num_users,
+        num_items=num_items,
         environment=environment,
     )
 
@@ -267,11 +265,9 @@ def fit_pretrain(
     import ray
 
     from cadc_ray.methods import METHODS
-    from cadc_ray.runtime.trainer import (
-        local_checkpoint_root,
-        run_torch_trainer,
-        training_input,
-    )
+    from cadc_ray.runtime.ingest import training_input
+    from cadc_ray.runtime.trainer import local_checkpoint_root, run_torch_trainer
+    from cadc_ray.runtime.worker import stage_seed
 
     pretrainer = METHODS[config.method].pretrainer
     if pretrainer is None:
@@ -295,12 +291,13 @@ def fit_pretrain(
             loop_seconds=loop_seconds,
         )
 
-    datasets, train_path = training_input(config, str(split.train_dir))
+    training = training_input(
+        config, split.train_dir, stage_seed(config.seed, config.pretrain.seed)
+    )
     result = run_torch_trainer(
         _mf_worker,
         {
             "config": to_dict(config),
-            "train_path": train_path,
             "pretrainer": pretrainer,
             "num_users": num_users,
             "num_items": num_items,
@@ -312,7 +309,7 @@ def fit_pretrain(
             ),
         },
         config=config,
-        datasets=datasets,
+        training=training,
         use_gpu=use_gpu,
         run_name=run_name,
         storage_path=storage_path,

@@ -1,4 +1,5 @@
-"""Connecting to (or starting) Ray, and deciding CPU or GPU workers.
+"""Connecting to (or starting) Ray, and deciding CPU or GPU workers (the decision itself
+lives with every other device choice in :mod:`cadc_ray.runtime.device`).
 
 The command-line entry points call :func:`init_ray` once; library functions such
 as :func:`cadc_ray.runtime.pretrain.fit_pretrain` expect Ray to be initialized
@@ -9,9 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
-from cadc_ray.config import ConfigError, ResourcesConfig
+from cadc_ray.config import ResourcesConfig
+
+# The CLIs and the sweep driver call it from here; it decides with every other device
+# choice in the device module.
+from cadc_ray.runtime.device import resolve_use_gpu as resolve_use_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,38 @@ def local_ray_cpus(resources: ResourcesConfig, concurrent_stages: int = 1) -> in
     return max(os.cpu_count() or 1, needed)
 
 
+def ray_target(address: str | None) -> str | None:
+    """The cluster :func:`init_ray` connects to (``address``, else ``$RAY_ADDRESS``), or
+    None: it starts a local Ray of its own."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def stage_resources(
+    resources: ResourcesConfig, *, use_gpu: bool, own_local_ray: bool
+) -> ResourcesConfig:
+    """The resources the stages run with: ``resources`` as configured, except that with
+    ``in_process: auto`` a one-worker CPU stage without Train restarts
+    (``max_failures: 0``) runs in-process (``num_workers: 0``, Train's local mode) on a
+    local Ray the command started itself (``own_local_ray``).
+
+    Why: there the worker group is one more process on the same machine; starting it
+    (the controller and the worker import torch and Ray Train, set up a process group)
+    cost about 10 s per stage on 2 cores, against well under a second in-process, for
+    the same numbers (the loop, the rows and the seeds are the same). On a cluster, GPU
+    and multi-worker stages keep their worker groups, which is where capacity comes from.
+    """
+    if (
+        resources.in_process == "auto"
+        and own_local_ray
+        and resources.num_workers == 1
+        and not use_gpu
+        and resources.max_failures == 0
+    ):
+        logger.info("one CPU worker on this machine's own Ray: the stages run in-process")
+        return replace(resources, num_workers=0)
+    return resources
+
+
 def init_ray(
     address: str | None = None,
     *,
@@ -86,7 +124,7 @@ def init_ray(
 
     if ray.is_initialized():
         return False
-    target = address or os.environ.get("RAY_ADDRESS") or None
+    target = ray_target(address)
     # Every Ray process gets the console settings (Ray Data's progress to its log files).
     options: dict[str, Any] = {"log_to_driver": log_to_driver, "runtime_env": ray_job_env()}
     if include_dashboard is not None:
@@ -100,23 +138,3 @@ def init_ray(
     # address="local": never attach silently to some other local cluster on a shared machine.
     ray.init(address="local", num_cpus=num_cpus, **options)
     return True
-
-
-def resolve_use_gpu(resources: ResourcesConfig) -> bool:
-    """``resources.use_gpu`` -> whether Train workers ask for GPUs.
-
-    ``auto``: GPU workers iff the *cluster* has GPUs (not the driver's node: the head may
-    be CPU-only). ``yes`` on a cluster without GPUs fails here, before any work starts.
-    Requires an initialized Ray.
-    """
-    if resources.use_gpu == "no":
-        return False
-    import ray
-
-    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    if resources.use_gpu == "yes" and cluster_gpus <= 0:
-        raise ConfigError(
-            "resources.use_gpu: 'yes' but the Ray cluster has no GPUs "
-            f"(cluster resources: {sorted(ray.cluster_resources())}); use 'auto' or 'no'"
-        )
-    return cluster_gpus > 0

@@ -25,21 +25,30 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
+import resource
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.console import StageProgress
-from cadc_ray.runtime.checkpoint import FORMAT_VERSION, capture_rng_state, software_versions
+from cadc_ray.data.pairs import InteractionCounts
+from cadc_ray.runtime.checkpoint import (
+    FORMAT_VERSION,
+    capture_rng_state,
+    check_resumable,
+    software_versions,
+)
 from cadc_ray.runtime.metrics import StageGauges
-from cadc_ray.runtime.trainer import check_resumable
 from cadc_ray.runtime.worker import (
     EpochTimer,
     WorkerInfo,
+    all_reduce_max,
     all_reduce_sums,
+    derive_seed,
     epoch_batches,
     reseed_global_rng,
     seeded_generator,
@@ -49,6 +58,109 @@ logger = logging.getLogger(__name__)
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 """One epoch of this rank's ``(users (b,), items (b,))`` positive batches."""
+
+
+class TrainingRows(Protocol):
+    """A stage's positives as one rank sees them, one epoch at a time."""
+
+    def epoch_batches(
+        self, seed: int, epoch: int, global_batch_size: int, worker: WorkerInfo
+    ) -> Batches:
+        """This rank's batches of ``epoch`` (the same number of batches on every rank)."""
+        ...
+
+    def rows_last_epoch(self, worker: WorkerInfo) -> int:
+        """Rows this rank trained on in the epoch last iterated."""
+        ...
+
+
+class InMemoryRows:
+    """Every rank holds all ``(N,)`` rows; epoch ``e`` is the ``(seed, "order", e)``
+    permutation, global batch ``k`` split across ranks (``runtime.worker.epoch_batches``):
+    the same positives per step for any worker count, and a bit-exact resume."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        if users.shape != items.shape or users.dim() != 1:
+            raise ValueError(f"users {tuple(users.shape)} and items {tuple(items.shape)} differ")
+        self.users, self.items = users, items
+        self.num_rows = int(users.numel())
+
+    def epoch_batches(
+        self, seed: int, epoch: int, global_batch_size: int, worker: WorkerInfo
+    ) -> Batches:
+        if self.num_rows < worker.world_size:
+            raise ValueError(f"{self.num_rows} training rows for {worker.world_size} workers")
+        for rows in epoch_batches(self.num_rows, global_batch_size, seed, epoch, worker):
+            yield self.users[rows], self.items[rows]
+
+    def rows_last_epoch(self, worker: WorkerInfo) -> int:
+        return self.num_rows // worker.world_size  # epoch_batches' share per rank
+
+
+OpenEpoch = Callable[[int, int], Iterable[Mapping[str, torch.Tensor]]]
+"""``open_epoch(batch_rows, shuffle_seed)`` -> one pass over this rank's shard in batches of
+``{"user_id": (b,), "item_id": (b,)}`` tensors, shuffled locally with ``shuffle_seed``."""
+
+
+class StreamedRows:
+    """This rank's own shard, streamed again every epoch (``open_epoch``; in a Train worker
+    Ray Data's ``iter_torch_batches`` over ``get_dataset_shard``): memory is bounded by the
+    batch, the shuffle buffer and the model, not by the rows.
+
+    Batches hold ``global_batch_size // world_size`` rows per rank. The shards must have equal
+    row counts (Ray Data's ``streaming_split(equal=True)``) so every rank steps equally often.
+    """
+
+    def __init__(self, open_epoch: OpenEpoch) -> None:
+        self.open_epoch = open_epoch
+        self._rows = 0
+
+    def epoch_batches(
+        self, seed: int, epoch: int, global_batch_size: int, worker: WorkerInfo
+    ) -> Batches:
+        batch_rows = max(global_batch_size // worker.world_size, 1)
+        shuffle_seed = derive_seed(seed, "order", epoch, worker.rank)
+        self._rows = 0
+        for batch in self.open_epoch(batch_rows, shuffle_seed):
+            users, items = batch["user_id"], batch["item_id"]
+            self._rows += int(users.numel())
+            yield users.to(worker.device, torch.int64), items.to(worker.device, torch.int64)
+
+    def rows_last_epoch(self, worker: WorkerInfo) -> int:
+        return self._rows
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A stage's training input: the rows (held or streamed) and their counts."""
+
+    rows: TrainingRows
+    counts: InteractionCounts
+
+    @classmethod
+    def in_memory(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        num_users: int,
+        num_items: int,
+        device: torch.device | None = None,
+    ) -> TrainingData:
+        """``users (N,)`` / ``items (N,)`` held on ``device`` (default CPU)."""
+        device = device or torch.device("cpu")
+        return cls(
+            rows=InMemoryRows(
+                torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64)).to(device),
+                torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64)).to(device),
+            ),
+            counts=InteractionCounts.of(users, items, num_users, num_items),
+        )
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
 
 ReportFn = Callable[[dict[str, Any], "dict[str, Any] | None", int], None]
 """``report(metrics, checkpoint_state_or_None, epoch)``: every rank calls it every epoch."""
@@ -157,20 +269,16 @@ def run_stage(
     body: StageBody,
     environment: StageEnvironment,
     config: ExperimentConfig,
-    users: torch.Tensor,
-    items: torch.Tensor,
+    rows: TrainingRows,
 ) -> StageRun:
-    """Runs ``body``'s epochs over the positives ``(users, items)`` (the same ``(N,)`` rows
-    on every rank), resuming from the environment's checkpoint when it has one.
+    """Runs ``body``'s epochs over this rank's ``rows``, resuming from the environment's
+    checkpoint when it has one.
 
     ``config`` is the experiment's (checkpoints hold it; a resume must match it).
     """
     config_dict = to_dict(config)
     seed, batch_size = body.seed, body.batch_size
     worker = environment.worker
-    num_rows = int(users.numel())
-    if num_rows < worker.world_size:
-        raise ValueError(f"{body.stage} data has {num_rows} rows for {worker.world_size} workers")
     start_epoch, history, loop_seconds = 0, [], 0.0
     resumed = environment.restore()
     if resumed is not None:
@@ -191,15 +299,14 @@ def run_stage(
         reseed_global_rng(seed, worker.rank, epoch)
         # Negatives drawn where the batches are: no host-to-device copy per step.
         generator = seeded_generator(seed, "negatives", worker.rank, epoch, device=worker.device)
-        batches = (
-            (users[rows], items[rows])
-            for rows in epoch_batches(num_rows, batch_size, seed, epoch, worker)
-        )
+        batches = rows.epoch_batches(seed, epoch, batch_size, worker)
         with timer:
             loss = body.train_epoch(epoch, batches, generator)
         loop_seconds += timer.last_seconds
-        rows_per_rank = num_rows // worker.world_size  # epoch_batches' share per rank
+        rows_per_rank = rows.rows_last_epoch(worker)
         loss_sum, rows_seen = all_reduce_sums([loss * rows_per_rank, rows_per_rank], worker)
+        if rows_seen == 0:
+            raise ValueError(f"{body.stage} epoch {epoch + 1} had no training rows")
         samples_per_second = rows_seen / max(timer.last_seconds, 1e-9)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -207,6 +314,8 @@ def run_stage(
             "samples_per_second": samples_per_second,
             "epoch_seconds": timer.last_seconds,
             "train_loop_seconds": loop_seconds,
+            # The largest worker's peak memory: what a worker's memory must hold.
+            "peak_rss_mib": all_reduce_max([peak_rss_mib()], worker)[0],
         }
         metrics.update(body.after_epoch(epoch))
         history.append(metrics)
@@ -242,12 +351,11 @@ def train_environment(stage: str, loop_config: dict[str, Any]) -> StageEnvironme
 
     Rank, world size and device come from Train; a restarted run resumes from
     ``ray.train.get_checkpoint()``; reports go through ``ray.train.report`` (local mode:
-    checkpoints under ``loop_config["local_checkpoint_root"]``); the model is wrapped by
-    ``ray.train.torch.prepare_model`` (DDP for more than one worker); rank 0 sets the
-    stage's gauges.
+    checkpoints under ``loop_config["local_checkpoint_root"]``); the model goes to the
+    worker's device (``runtime.device.prepare_model``: DDP for more than one worker);
+    rank 0 sets the stage's gauges.
     """
-    import ray.train.torch
-
+    from cadc_ray.runtime.device import prepare_model
     from cadc_ray.runtime.metrics import stage_gauges
     from cadc_ray.runtime.worker import (
         current_worker,
@@ -265,6 +373,6 @@ def train_environment(stage: str, loop_config: dict[str, Any]) -> StageEnvironme
         worker=worker,
         report=report,
         restore=restore_from_train_checkpoint,
-        wrap_model=ray.train.torch.prepare_model,
+        wrap_model=lambda model: prepare_model(model, worker.device),
         gauges=stage_gauges(stage, loop_config["run_name"]) if worker.rank == 0 else None,
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cadc_ray.config import ExperimentConfig, from_dict
-from cadc_ray.runtime.checkpoint import CheckpointError
 from cadc_ray.storage import is_uri
+
+if TYPE_CHECKING:
+    from cadc_ray.runtime.ingest import TrainingInput
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def run_torch_trainer(
     loop_config: dict[str, Any],
     *,
     config: ExperimentConfig,
-    datasets: dict[str, Any] | None,
+    training: TrainingInput,
     use_gpu: bool,
     run_name: str,
     storage_path: str | None,
@@ -59,7 +61,7 @@ def run_torch_trainer(
     from ray.train.torch import TorchTrainer
 
     from cadc_ray.console import train_log_level
-    from cadc_ray.runtime.ingest import WholeRowsDataConfig
+    from cadc_ray.runtime.device import torch_config
 
     resources = config.resources
     per_worker: dict[str, float] = {"CPU": float(resources.cpus_per_worker)}
@@ -86,48 +88,16 @@ def run_torch_trainer(
     )
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, **training.loop_entries},
         scaling_config=scaling,
         run_config=run_config,
-        datasets=datasets,
-        dataset_config=WholeRowsDataConfig(),
+        datasets=training.datasets,
+        dataset_config=training.dataset_config,
+        torch_config=torch_config(),  # the process-group backend the workers can use
     )
     return trainer.fit()
-
-
-TRAINING_COLUMNS = ["row_index", "user_id", "item_id"]
-
-
-def training_input(config: ExperimentConfig, path: str) -> tuple[dict[str, Any] | None, str | None]:
-    """How a stage's training Parquet folder reaches its workers: ``(datasets, train_path)``.
-
-    A worker group gets a Ray Data dataset to shard (``datasets={"train": ...}``); local
-    mode (``num_workers: 0``, one in-process worker) gets the path in its loop config and
-    reads it directly (``runtime.worker.training_rows``: same rows, no Ray Data job).
-    """
-    if config.resources.num_workers == 0:
-        return None, str(path)
-    import ray.data
-
-    return {"train": ray.data.read_parquet(str(path), columns=TRAINING_COLUMNS)}, None
 
 
 def config_from_loop(loop_config: dict[str, Any]) -> ExperimentConfig:
     """The ExperimentConfig carried (as a plain dict) through ``train_loop_config``."""
     return from_dict(ExperimentConfig, loop_config["config"], "<train_loop_config>")
-
-
-def check_resumable(state: dict[str, Any], stage: str, config_dict: dict[str, Any]) -> None:
-    """A checkpoint resumes only the stage and the config that wrote it."""
-    if state["stage"] != stage:
-        raise CheckpointError(f"checkpoint of stage {state['stage']!r} cannot resume {stage!r}")
-    if state["config"] != config_dict:
-        changed = sorted(
-            key
-            for key in set(state["config"]) | set(config_dict)
-            if state["config"].get(key) != config_dict.get(key)
-        )
-        raise CheckpointError(
-            f"the checkpoint to resume was written with another config (sections {changed} "
-            "differ); use a new run name or storage path"
-        )

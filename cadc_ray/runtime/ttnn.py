@@ -1,10 +1,10 @@
 """Stage 2 on Ray: the two-tower network through a TorchTrainer (METHOD 1.3-1.5).
 
-Training data: the uniform sample ``D_sub`` (or D_full for GS), fed from Ray Data to a
-worker group (local mode reads the folder directly: ``runtime.trainer.training_input``) and
-pulled once into memory per worker (``runtime.worker``). Over-/under-sampling is applied
-to it in the worker with a seeded generator (the same rows on every rank); LogQ's
-frequencies come from the (rebalanced) training stream.
+Training data: the uniform sample ``D_sub`` (or D_full for GS), held in memory by every
+worker or streamed per worker shard, as ``resources.ingest`` says (``runtime.ingest``).
+Over-/under-sampling (memory only) is applied in the worker with a seeded generator (the
+same rows on every rank); LogQ's frequencies come from the (rebalanced) training stream's
+counts.
 
 Pretrained tables arrive as ``[ObjectRef]`` (wrapped: a bare top-level ref would be
 resolved and copied by value: docs/ray_notes.md, "Object store") and are ``ray.get`` in the worker: zero-copy,
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
-from cadc_ray.runtime.stage import Batches, StageEnvironment
+from cadc_ray.runtime.stage import Batches, StageEnvironment, TrainingData
 
 if TYPE_CHECKING:
-    from cadc_ray.data import EntityFeatures, HeldOutSets
+    from cadc_ray.data import EntityFeatures, HeldOutSets, InteractionCounts
     from cadc_ray.models.pretrained import PretrainedTables
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class TTNNResult:
     # models.id_tables.model_bytes: trainable, frozen, lookup and total bytes.
     model_bytes: dict[str, int] = field(default_factory=dict)
     id_table_compression: float = 1.0  # full id-table bytes / actual id-table bytes
+    # Full-ranking evaluation inside the stage (validation, test, the teacher's test):
+    # with loop_seconds, what separates the stage's work from its fixed cost.
+    eval_seconds: float = 0.0
 
 
 def build_ttnn_inputs(
@@ -143,13 +146,12 @@ class TTNNStage:
     def __init__(
         self,
         config: ExperimentConfig,
-        train_users: np.ndarray,
-        train_items: np.ndarray,
+        counts: InteractionCounts,
         inputs: ResolvedInputs,
         seed: int,
         environment: StageEnvironment,
     ) -> None:
-        from cadc_ray.baselines import item_log_frequency
+        from cadc_ray.baselines import log_frequency
         from cadc_ray.methods import METHODS, resolved_integration
         from cadc_ray.models import build_two_tower, count_parameters
         from cadc_ray.models.id_tables import id_table_compression, model_bytes
@@ -166,7 +168,7 @@ class TTNNStage:
         num_users, num_items = inputs.num_users, inputs.num_items
         self.integration = resolved_integration(config.method, config.model.integration)
         self.log_q = (
-            torch.from_numpy(item_log_frequency(train_items, num_items))
+            torch.from_numpy(log_frequency(counts.items))
             if METHODS[config.method].logq_correction
             else None
         )
@@ -180,10 +182,7 @@ class TTNNStage:
             inputs.pretrained,
             self.integration,
             # Access counts in the training data, for the frequency-aware id tables (METHOD 2).
-            id_counts={
-                "user": np.bincount(train_users, minlength=num_users),
-                "item": np.bincount(train_items, minlength=num_items),
-            },
+            id_counts={"user": counts.users, "item": counts.items},
         )
         self.trainable_parameters, self.frozen_parameters = count_parameters(self.base)
         self.model_bytes, self.id_table_compression = (
@@ -192,13 +191,16 @@ class TTNNStage:
         )
         self.model = environment.wrap_model(self.base)  # DDP when world_size > 1
         self.optimizer = make_optimizer(self.base, settings.learning_rate, settings.weight_decay)
-        self.sampler = build_negative_sampler(settings.negative_sampler, num_items, train_items)
+        self.sampler = build_negative_sampler(
+            settings.negative_sampler, num_items, item_counts=counts.items
+        )
         self.ks = tuple(config.eval.ks)
         self.selection = config.eval.selection_metric
         self.stopper = EarlyStopping(settings.early_stopping_patience, mode="max")
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_val: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
+        self.eval_seconds = 0.0  # every evaluate() call, summed
 
     def evaluate(
         self,
@@ -214,6 +216,7 @@ class TTNNStage:
         from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
         from cadc_ray.runtime.worker import all_reduce_sums
 
+        started = time.perf_counter()
         worker, ks = self.worker, self.ks
         rank_slice = slice(worker.rank, None, worker.world_size)
         self.base.eval()
@@ -235,6 +238,7 @@ class TTNNStage:
             )
         total = all_reduce_sums(sums.to_tensor().tolist(), worker)
         self.base.train()
+        self.eval_seconds += time.perf_counter() - started
         return FullRankingSums.from_tensor(ks, torch.tensor(total, dtype=torch.float64)).metrics()
 
     def validate(self) -> dict[str, float]:
@@ -329,37 +333,59 @@ class TTNNStage:
         return self.last_val.get("hr@10")
 
 
+def ttnn_training_data(
+    config: ExperimentConfig,
+    rows: dict[str, np.ndarray],
+    num_users: int,
+    num_items: int,
+    device: torch.device | None = None,
+) -> TrainingData:
+    """The TTNN's in-memory training data from the positives ``rows`` (``user_id`` /
+    ``item_id``), rebalanced as the method says."""
+    return TrainingData.in_memory(
+        *ttnn_resample(config, num_items)(rows["user_id"], rows["item_id"]),
+        num_users,
+        num_items,
+        device,
+    )
+
+
+def ttnn_resample(
+    config: ExperimentConfig, num_items: int
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The method's over-/under-sampling with its own seeded stream (the same rows on
+    every rank); the identity for the other methods."""
+    from cadc_ray.baselines import rebalance
+    from cadc_ray.methods import METHODS
+    from cadc_ray.runtime.worker import derive_seed, stage_seed
+
+    seed = derive_seed(stage_seed(config.seed, config.train.seed), "rebalance")
+
+    def resample(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rebalance(METHODS[config.method].rebalance, users, items, num_items, seed)
+
+    return resample
+
+
 def train_ttnn_stage(
     config: ExperimentConfig,
-    data: dict[str, np.ndarray],
+    data: TrainingData,
     inputs: ResolvedInputs,
     environment: StageEnvironment,
 ) -> dict[str, Any] | None:
-    """Two-tower training on the positives ``data`` (``user_id``/``item_id``, the same rows
-    on every rank), validation every ``train.eval_every`` epochs with early stopping, then
-    the test metrics at the best epoch (and the teacher's own) -> rank 0's result dict
+    """Two-tower training on the positives ``data`` (held or streamed, see
+    ``runtime.ingest``), validation every ``train.eval_every`` epochs with early stopping,
+    then the test metrics at the best epoch (and the teacher's own) -> rank 0's result dict
     (None on other ranks)."""
-    from cadc_ray.baselines import rebalance
-    from cadc_ray.methods import METHODS
     from cadc_ray.models.pretrained import teacher_scorer
     from cadc_ray.runtime.stage import run_stage
-    from cadc_ray.runtime.worker import derive_seed, stage_seed
+    from cadc_ray.runtime.worker import stage_seed
 
     worker = environment.worker
     seed = stage_seed(config.seed, config.train.seed)
-    # Over-/under-sampling with its own seeded stream: the same rows on every rank.
-    train_users, train_items = rebalance(
-        METHODS[config.method].rebalance,
-        data["user_id"],
-        data["item_id"],
-        inputs.num_items,
-        derive_seed(seed, "rebalance"),
-    )
-    users = torch.from_numpy(np.ascontiguousarray(train_users, dtype=np.int64)).to(worker.device)
-    items = torch.from_numpy(np.ascontiguousarray(train_items, dtype=np.int64)).to(worker.device)
-    body = TTNNStage(config, train_users, train_items, inputs, seed, environment)
+    body = TTNNStage(config, data.counts, inputs, seed, environment)
     held_out, pretrained = inputs.held_out, inputs.pretrained
-    run = run_stage(body, environment, config, users, items)
+    run = run_stage(body, environment, config, data.rows)
     # --- test at the best epoch ---
     if body.best_state:
         body.base.load_state_dict(body.best_state)
@@ -384,12 +410,13 @@ def train_ttnn_stage(
         "early_stopped": run.early_stopped,
         "history": run.history,
         "loop_seconds": run.loop_seconds,
-        "train_interactions": int(train_users.size),
+        "train_interactions": data.counts.rows,
         "trainable_parameters": body.trainable_parameters,
         "frozen_parameters": body.frozen_parameters,
         "model_bytes": body.model_bytes,
         "id_table_compression": body.id_table_compression,
         "teacher_test": teacher_test,
+        "eval_seconds": body.eval_seconds,
     }
 
 
@@ -400,17 +427,18 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     from cadc_ray.console import quiet_train_worker
     from cadc_ray.data import load_entity_features, read_held_out
+    from cadc_ray.runtime.ingest import training_data
     from cadc_ray.runtime.stage import train_environment
     from cadc_ray.runtime.trainer import config_from_loop
-    from cadc_ray.runtime.worker import training_rows
 
     quiet_train_worker()
     config = config_from_loop(loop_config)
     torch.set_num_threads(config.resources.torch_threads)
     environment = train_environment(STAGE, loop_config)
     num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
-    # This worker's shard, gathered: the same rows on every rank.
-    data = training_rows(loop_config, environment.worker)
+    data = training_data(
+        loop_config, environment.worker, num_users, num_items, ttnn_resample(config, num_items)
+    )
     # Evaluation data (plain pyarrow; paths must be reachable from every node); testing
     # masks the validation item too.
     held_out = read_held_out(loop_config["split"], num_users, num_items)
@@ -445,19 +473,16 @@ def fit_ttnn(
     Requires an initialized Ray.
     """
 
-    from cadc_ray.runtime.trainer import (
-        local_checkpoint_root,
-        run_torch_trainer,
-        training_input,
-    )
+    from cadc_ray.runtime.ingest import training_input
+    from cadc_ray.runtime.trainer import local_checkpoint_root, run_torch_trainer
+    from cadc_ray.runtime.worker import stage_seed
 
     started = time.perf_counter()
-    datasets, train_path = training_input(config, str(inputs.train_path))
+    training = training_input(config, inputs.train_path, stage_seed(config.seed, config.train.seed))
     result = run_torch_trainer(
         _ttnn_worker,
         {
             "config": to_dict(config),
-            "train_path": train_path,
             "num_users": inputs.num_users,
             "num_items": inputs.num_items,
             "split": inputs.split,
@@ -471,7 +496,7 @@ def fit_ttnn(
             ),
         },
         config=config,
-        datasets=datasets,
+        training=training,
         use_gpu=use_gpu,
         run_name=run_name,
         storage_path=storage_path,
@@ -497,4 +522,5 @@ def fit_ttnn(
         history=list(output["history"]),
         checkpoint_path=checkpoint.path if checkpoint is not None else None,
         teacher_test_metrics=dict(output["teacher_test"]),
+        eval_seconds=float(output["eval_seconds"]),
     )

@@ -3,14 +3,12 @@
 Design choices, all made so that a run restarted from epoch ``k``'s checkpoint ends
 with the same metrics as an uninterrupted run of the same seed (by construction):
 
-- **Data in memory, identical on every rank.** Each worker pulls its Ray Data shard
-  once (``get_dataset_shard("train")``), the shards are all-gathered and sorted by
-  ``row_index``, so every rank holds the same array regardless of how Ray Data split
-  the blocks (its split is dynamic: not reproducible across restarts). Epochs then
-  iterate in-memory tensors, much faster than re-streaming MovieLens-size data every
-  epoch. Interaction data that does not fit a worker's memory would instead iterate
-  ``shard.iter_torch_batches(local_shuffle_seed=...)`` per epoch (not implemented;
-  bit-exact resume would then be lost because the split is dynamic).
+- **Data in memory, identical on every rank** (``resources.ingest: memory``). Each
+  worker reads the training Parquet folder itself (:func:`read_rows`, an absolute path on
+  the shared filesystem) sorted by ``row_index``, so every rank holds the same array.
+  Epochs then iterate in-memory tensors, much faster than re-streaming MovieLens-size
+  data every epoch. Data that does not fit a worker's memory streams instead
+  (``runtime.ingest``, ``stream``), giving up bit-exact resume with 2+ workers.
 - **Deterministic epoch order.** Epoch ``e``'s permutation comes from
   ``(seed, "order", e)``, the same on all ranks; global batch ``k`` is
   ``perm[k*B:(k+1)*B]`` and rank ``r`` trains on its ``r``-th ``B/W`` slice, so 1 and
@@ -59,15 +57,13 @@ class WorkerInfo:
 def current_worker() -> WorkerInfo:
     """Rank, world size and device of this Train worker (local mode: 0, 1, cpu)."""
     import ray.train
-    import ray.train.torch
+
+    from cadc_ray.runtime.device import worker_device
 
     context = ray.train.get_context()
-    device = ray.train.torch.get_device()  # cpu, or this worker's GPU
-    if isinstance(device, list):  # several GPUs per worker: use the first
-        device = device[0]
-    if device.type == "cuda":
-        # Before any collective: NCCL's all_gather_object uses the current device.
-        torch.cuda.set_device(device)
+    # The assigned GPU (made current before any collective), or the CPU: with a warning
+    # when the worker holds a GPU resource its torch cannot use.
+    device = worker_device()
     return WorkerInfo(
         rank=int(context.get_world_rank()),
         world_size=int(context.get_world_size()),
@@ -95,35 +91,9 @@ def seeded_generator(
     return generator
 
 
-def pull_shard(shard: Any, columns: Sequence[str], worker: WorkerInfo) -> dict[str, np.ndarray]:
-    """This worker's Ray Data shard -> numpy columns, all-gathered, sorted by ``row_index``.
-
-    ``shard`` is a ``DataIterator`` (or, in local mode, the ``Dataset`` itself).
-    Returns ``{column: (N,) array}`` with the same ``N`` rows on every rank.
-    """
-    needed = list(dict.fromkeys([*columns, "row_index"]))
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in needed}
-    for batch in shard.iter_batches(batch_format="numpy", batch_size=65_536):
-        missing = [name for name in needed if name not in batch]
-        if missing:
-            raise ValueError(f"training data lacks columns {missing} (has {sorted(batch)})")
-        for name in needed:
-            parts[name].append(np.asarray(batch[name]))
-    local = {
-        name: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-        for name, chunks in parts.items()
-    }
-    if worker.is_distributed:
-        gathered: list[Any] = [None] * worker.world_size
-        torch.distributed.all_gather_object(gathered, local)
-        local = {name: np.concatenate([part[name] for part in gathered]) for name in needed}
-    order = np.argsort(local["row_index"], kind="stable")
-    return {name: values[order] for name, values in local.items()}
-
-
 def read_rows(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """The Parquet file or folder ``path`` -> numpy columns sorted by ``row_index``: what
-    :func:`pull_shard` returns, read by this process alone (no Ray Data job)."""
+    """The Parquet file or folder ``path`` -> numpy columns sorted by ``row_index``, the
+    same on every rank whatever the order of the shards and of the rows in them."""
     import pyarrow.parquet as pq
 
     needed = list(dict.fromkeys([*columns, "row_index"]))
@@ -131,23 +101,6 @@ def read_rows(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
     local = {name: table.column(name).to_numpy() for name in needed}
     order = np.argsort(local["row_index"], kind="stable")
     return {name: values[order] for name, values in local.items()}
-
-
-def training_rows(loop_config: Mapping[str, Any], worker: WorkerInfo) -> dict[str, np.ndarray]:
-    """A stage's training positives (``user_id``, ``item_id``, sorted by ``row_index``).
-
-    Local mode (one in-process worker, ``loop_config["train_path"]`` set) reads the
-    Parquet folder directly: starting a Ray Data job to feed one process cost about 2.4 s
-    per stage, against 0.05 s of training for a sweep's tiny trial (measured on the
-    synthetic quick-start data). A worker group pulls its Ray Data shard. Same rows, same
-    order either way, so the same metrics.
-    """
-    path = loop_config.get("train_path")
-    if path is not None:
-        return read_rows(str(path), ("user_id", "item_id"))
-    import ray.train
-
-    return pull_shard(ray.train.get_dataset_shard("train"), ("user_id", "item_id"), worker)
 
 
 def epoch_batches(
@@ -176,12 +129,22 @@ def reseed_global_rng(seed: int, rank: int, epoch: int) -> None:
 
 def all_reduce_sums(values: Sequence[float], worker: WorkerInfo) -> list[float]:
     """Element-wise sum over ranks (float64 on CPU; a no-op for one worker)."""
+    return _all_reduce(values, worker, "sum")
+
+
+def all_reduce_max(values: Sequence[float], worker: WorkerInfo) -> list[float]:
+    """Element-wise maximum over ranks (float64; a no-op for one worker)."""
+    return _all_reduce(values, worker, "max")
+
+
+def _all_reduce(values: Sequence[float], worker: WorkerInfo, op: str) -> list[float]:
     if not worker.is_distributed:
         return [float(v) for v in values]
     tensor = torch.tensor(list(values), dtype=torch.float64)
     if torch.distributed.get_backend() == "nccl":
         tensor = tensor.to(worker.device)
-    torch.distributed.all_reduce(tensor)
+    reduce_op = torch.distributed.ReduceOp.SUM if op == "sum" else torch.distributed.ReduceOp.MAX
+    torch.distributed.all_reduce(tensor, op=reduce_op)
     return [float(v) for v in tensor.cpu().tolist()]
 
 

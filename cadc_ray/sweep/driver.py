@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class TrialContext:
     train_storage_path: str
     use_gpu: bool
     metric_names: tuple[str, ...]
+    own_local_ray: bool = False  # the sweep started its own local Ray (stage_resources)
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,11 +120,18 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     import ray
     from ray import tune
 
+    from cadc_ray.runtime.session import stage_resources
     from cadc_ray.runtime.ttnn import fit_ttnn
     from cadc_ray.sweep.callbacks import SweepReportCallback, epoch_result
 
     overrides: dict[str, Any] = dict(config[TRIAL_KEY])
     trial_config = resolve_trial_config(context.base_config, overrides)
+    trial_config = replace(
+        trial_config,
+        resources=stage_resources(
+            trial_config.resources, use_gpu=context.use_gpu, own_local_ray=context.own_local_ray
+        ),
+    )
     trial_id = tune.get_context().get_trial_id()
     dataset = context.datasets[data_key(trial_config)]
     key = pretrain_key(trial_config)
@@ -353,13 +361,20 @@ def trial_resources(
 # Ray, setup and pretraining
 
 
+def sweep_ray_target(spec: SweepSpec, address: str | None) -> str | None:
+    """The cluster the sweep connects to, or None: it starts a local Ray of its own."""
+    from cadc_ray.runtime.session import ray_target
+
+    return ray_target(address or spec.ray.address)
+
+
 def start_ray(spec: SweepSpec, address: str | None) -> bool:
     """Starts a local Ray (with the trial-slot resource) or connects; True if this call did."""
     import ray
 
     if ray.is_initialized():
         return False
-    target = address or spec.ray.address or os.environ.get("RAY_ADDRESS") or None
+    target = sweep_ray_target(spec, address)
     if target is not None:
         from cadc_ray.runtime.session import init_ray
 
@@ -399,6 +414,7 @@ def pretrain_all(
     use_gpu: bool,
     reuse_saved: bool,
     outcome: SweepOutcome,
+    own_local_ray: bool = False,
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """Pretrains once per key (or loads the saved tables) and ``ray.put``s each ONCE.
 
@@ -407,10 +423,13 @@ def pretrain_all(
     """
     refs: dict[str, list[Any]] = {}
     seconds: dict[str, float] = {}
+    from cadc_ray.runtime.session import stage_resources
+
     saved = SavedTeachers(output_dir / PRETRAINED_DIR, reuse=reuse_saved)
     for key, config in configs.items():
+        resources = stage_resources(config.resources, use_gpu=use_gpu, own_local_ray=own_local_ray)
         teacher = pretrain(
-            config,
+            replace(config, resources=resources),
             datasets[data_key(config)],
             teachers=saved,
             use_gpu=use_gpu,
@@ -618,6 +637,7 @@ def run_sweep(
                 resume=resume,
                 callbacks=callbacks,
                 started=started,
+                own_local_ray=started_ray and sweep_ray_target(spec, address) is None,
             )
         finally:
             if started_ray:
@@ -634,6 +654,7 @@ def _run_started_sweep(
     resume: bool,
     callbacks: Sequence[Any],
     started: float,
+    own_local_ray: bool = False,
 ) -> SweepOutcome:
     """:func:`run_sweep` once Ray is up: setup, pretraining, ``Tuner.fit``, reports."""
     import ray
@@ -666,6 +687,7 @@ def _run_started_sweep(
             use_gpu=use_gpu,
             reuse_saved=resume,
             outcome=outcome,
+            own_local_ray=own_local_ray,
         )
     context = TrialContext(
         base_config=base,
@@ -675,6 +697,7 @@ def _run_started_sweep(
         train_storage_path=train_path,
         use_gpu=use_gpu,
         metric_names=known_metrics(base),
+        own_local_ray=own_local_ray,
     )
     has_slot = float(ray.cluster_resources().get(TRIAL_SLOT_RESOURCE, 0)) >= 1
     resources = trial_resources(base, use_gpu, has_slot)

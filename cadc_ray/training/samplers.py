@@ -94,13 +94,18 @@ def item_counts(items: np.ndarray, num_items: int) -> np.ndarray:
 
 
 def build_negative_sampler(
-    name: NegativeSamplerName, num_items: int, train_items: np.ndarray | None = None
+    name: NegativeSamplerName, num_items: int, item_counts: np.ndarray | None = None
 ) -> NegativeSampler:
-    """``uniform`` or ``popularity`` (the latter needs the training stream's items)."""
+    """``uniform`` or ``popularity`` (the latter needs the training stream's item counts,
+    ``(num_items,)``: ``data.InteractionCounts.items``)."""
     if name == "uniform":
         return UniformNegativeSampler(num_items)
     if name == "popularity":
-        if train_items is None:
-            raise ValueError("negative_sampler 'popularity' needs the training items (train_items)")
-        return PopularityNegativeSampler(item_counts(train_items, num_items))
+        if item_counts is None:
+            raise ValueError("negative_sampler 'popularity' needs the training item counts")
+        if np.asarray(item_counts).shape != (num_items,):
+            raise ValueError(
+                f"item_counts must have shape ({num_items},), got {np.asarray(item_counts).shape}"
+            )
+        return PopularityNegativeSampler(item_counts)
     raise ValueError(f"unknown negative_sampler {name!r} (known: uniform, popularity)")

@@ -1,0 +1,315 @@
+"""The device module without a GPU or a cluster: GPU pools from an autoscaler's node types,
+``use_gpu`` auto/yes/no, the worker's device fallback, the process-group backend, and
+``scripts/gpu_check.sh`` stopping where no GPU is visible."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from cadc_ray.config import ConfigError, ResourcesConfig, load_config
+from cadc_ray.runtime import device
+from cadc_ray.runtime.device import (
+    CHOSEN_ON_WORKERS,
+    GpuPools,
+    autoscaler_config_gpus,
+    monitor_autoscaling_config,
+    process_group_backend,
+    resolve_use_gpu,
+    worker_device,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GCS = "10.0.0.5:6379"
+MONITOR = "/venv/lib/python3.11/site-packages/ray/autoscaler/_private/monitor.py"
+
+
+# ---------------------------------------------------------------------------------------
+# The autoscaler's GPU node types
+
+
+def test_cluster_yaml_can_reach_four_gpus_from_an_empty_gpu_pool() -> None:
+    config = yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text(encoding="utf-8"))
+    # worker.gpu: 1 GPU per node, 0..4 nodes; the head and the CPU pool have none.
+    assert autoscaler_config_gpus(config) == 4
+
+
+def test_config_gpus_skip_the_head_and_default_to_the_global_max_workers() -> None:
+    config = {
+        "max_workers": 3,
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"GPU": 8}, "max_workers": 0},
+            "two_gpus": {"resources": {"CPU": 8, "GPU": 2}},  # max_workers: the global 3
+            "cpu": {"resources": {"CPU": 8}, "max_workers": 5},
+        },
+    }
+    assert autoscaler_config_gpus(config) == 6
+    assert autoscaler_config_gpus({"available_node_types": {}}) == 0
+
+
+def test_the_monitor_of_this_cluster_names_its_autoscaling_config() -> None:
+    lines = [
+        ["python", "-u", MONITOR, "--gcs-address=10.0.0.9:6379", "--autoscaling-config=/other.yaml"],
+        ["python", "-u", MONITOR, f"--gcs-address={GCS}", "--autoscaling-config=~/ray_bootstrap_config.yaml"],
+        ["/usr/bin/raylet", f"--gcs-address={GCS}"],
+    ]  # fmt: skip
+    found, path = monitor_autoscaling_config(GCS, lambda: lines)
+    assert found
+    assert path == Path("~/ray_bootstrap_config.yaml").expanduser()
+
+
+def test_a_fixed_size_cluster_has_a_monitor_without_config_and_elsewhere_none_is_seen() -> None:
+    fixed = [["python", "-u", MONITOR, f"--gcs-address={GCS}", "--monitor-ip=10.0.0.5"]]
+    assert monitor_autoscaling_config(GCS, lambda: fixed) == (True, None)
+    other_cluster = [["python", "-u", MONITOR, "--gcs-address=10.0.0.9:6379"]]
+    assert monitor_autoscaling_config(GCS, lambda: other_cluster) == (False, None)
+
+
+# ---------------------------------------------------------------------------------------
+# use_gpu
+
+
+def _pools(running: float, autoscalable: float | None) -> Any:
+    return lambda: GpuPools(running=running, autoscalable=autoscalable, source="test")
+
+
+def _never_called(*_: Any) -> Any:
+    raise AssertionError("not expected here")
+
+
+def test_no_never_looks_at_the_cluster() -> None:
+    assert resolve_use_gpu(ResourcesConfig(use_gpu="no"), pools=_never_called) is False
+
+
+@pytest.mark.parametrize(
+    ("running", "autoscalable", "expected"),
+    [
+        (1.0, 0.0, True),  # GPUs now
+        (0.0, 4.0, True),  # a GPU pool at 0 nodes: the workers' request starts it
+        (0.0, 0.0, False),  # no GPU anywhere
+        (0.0, None, False),  # node types not visible from here: what runs now decides
+    ],
+)
+def test_auto_counts_gpu_node_types_the_autoscaler_can_start(
+    running: float, autoscalable: float | None, expected: bool
+) -> None:
+    resources = ResourcesConfig(use_gpu="auto")
+    chosen = resolve_use_gpu(
+        resources,
+        pools=_pools(running, autoscalable),
+        cluster_gpus=_never_called,
+        request_gpus=_never_called,
+    )
+    assert chosen is expected
+
+
+def test_yes_with_gpus_running_asks_nothing_more() -> None:
+    resources = ResourcesConfig(use_gpu="yes")
+    chosen = resolve_use_gpu(
+        resources, pools=_pools(2.0, 0.0), cluster_gpus=_never_called, request_gpus=_never_called
+    )
+    assert chosen is True
+
+
+def test_yes_without_any_gpu_node_type_fails_before_any_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    with pytest.raises(
+        ConfigError, match=r"resources\.use_gpu: 'yes' but the Ray cluster has no GPUs"
+    ):
+        resolve_use_gpu(
+            ResourcesConfig(use_gpu="yes"),
+            pools=_pools(0.0, 0.0),
+            cluster_gpus=_never_called,
+            request_gpus=_never_called,
+        )
+
+
+@pytest.mark.parametrize("autoscalable", [4.0, None])
+def test_yes_asks_the_autoscaler_and_waits_for_a_gpu_node(autoscalable: float | None) -> None:
+    polls = iter([0.0, 0.0, 1.0])  # the node joins at the third look
+    requests: list[int] = []
+    chosen = resolve_use_gpu(
+        ResourcesConfig(use_gpu="yes", num_workers=2),
+        pools=_pools(0.0, autoscalable),
+        cluster_gpus=lambda: next(polls),
+        request_gpus=requests.append,
+        poll_seconds=0.0,
+    )
+    assert chosen is True
+    # One GPU per worker asked for, then the request withdrawn (it would keep nodes up).
+    assert requests == [2, 0]
+    assert next(polls, None) is None
+
+
+def test_yes_gives_up_after_the_wait_bound_with_what_to_check() -> None:
+    requests: list[int] = []
+    with pytest.raises(ConfigError, match=r"no GPU node joined .*gpu_wait_seconds=0") as error:
+        resolve_use_gpu(
+            ResourcesConfig(use_gpu="yes", gpu_wait_seconds=0),
+            pools=_pools(0.0, 4.0),
+            cluster_gpus=lambda: 0.0,
+            request_gpus=requests.append,
+            poll_seconds=0.0,
+        )
+    assert "ray status" in str(error.value)
+    assert requests == [1, 0]
+
+
+def test_the_wait_bound_is_a_validated_resources_key(tmp_path: Path) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text("method: random\nmodel: {embedding_dim: 8}\n")
+    assert load_config(path).resources.gpu_wait_seconds == ResourcesConfig().gpu_wait_seconds
+    assert load_config(path, ["resources.gpu_wait_seconds=60"]).resources.gpu_wait_seconds == 60
+    with pytest.raises(ConfigError, match=r"resources\.gpu_wait_seconds: must be >= 0"):
+        load_config(path, ["resources.gpu_wait_seconds=-1"])
+
+
+# ---------------------------------------------------------------------------------------
+# The worker's device
+
+
+def test_a_cpu_worker_computes_on_the_cpu() -> None:
+    assert worker_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_a_gpu_resource_without_cuda_falls_back_to_the_cpu_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with caplog.at_level(logging.WARNING, logger=device.__name__):
+        chosen = worker_device([torch.device("cuda:0"), torch.device("cuda:1")])
+    assert chosen == torch.device("cpu")
+    assert "sees no CUDA device: computing on the CPU" in caplog.text
+    assert "CUDA_VISIBLE_DEVICES=0" in caplog.text
+
+
+def test_a_usable_gpu_becomes_the_current_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert worker_device(torch.device("cuda:1")) == torch.device("cuda:1")
+    assert current == [torch.device("cuda:1")]
+
+
+def test_the_model_goes_where_the_worker_computes_not_where_ray_assigned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's ``prepare_model`` moves to the assigned CUDA device unless told otherwise."""
+    import ray.train.torch
+
+    calls: list[Any] = []
+
+    def fake_prepare(model: torch.nn.Module, move_to_device: Any = True) -> torch.nn.Module:
+        calls.append(move_to_device)
+        return model
+
+    monkeypatch.setattr(ray.train.torch, "prepare_model", fake_prepare)
+    model = torch.nn.Linear(2, 2)
+    assert device.prepare_model(model, torch.device("cpu")) is model
+    assert calls == [torch.device("cpu")]
+
+
+# ---------------------------------------------------------------------------------------
+# The process group's backend
+
+
+def test_nccl_only_when_every_gpu_worker_can_run_it(caplog: pytest.LogCaptureFixture) -> None:
+    assert process_group_backend(0.0, []) == "gloo"
+    assert process_group_backend(1.0, [True, True]) == "nccl"
+    with caplog.at_level(logging.WARNING, logger=device.__name__):
+        assert process_group_backend(1.0, [True, False]) == "gloo"
+    assert "GPU workers [1] have no usable CUDA/NCCL" in caplog.text
+
+
+class _FakeWorkerGroup:
+    """What Ray's torch backend needs of a worker group, recording the probe calls."""
+
+    def __init__(self, gpus: float, has_nccl: list[bool]) -> None:
+        self.gpus = gpus
+        self.has_nccl = has_nccl
+        self.probed = 0
+
+    def get_resources_per_worker(self) -> dict[str, float]:
+        return {"CPU": 1.0, "GPU": self.gpus}
+
+    def execute(self, function: Any) -> list[bool]:
+        assert function is device.worker_has_nccl
+        self.probed += 1
+        return self.has_nccl
+
+
+class _RecordingTorchBackend:
+    def __init__(self) -> None:
+        self.started_with: list[Any] = []
+
+    def on_start(self, worker_group: Any, backend_config: Any) -> None:
+        self.started_with.append(backend_config)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "has_nccl", "backend", "probes"),
+    [
+        (1.0, [False, False], "gloo", 1),  # "GPU" nodes whose torch has no CUDA (this test)
+        (1.0, [True, True], "nccl", 1),
+        (0.0, [], "gloo", 0),  # CPU workers: nothing to probe
+    ],
+)
+def test_the_torch_config_lets_the_started_workers_choose_the_backend(
+    gpus: float, has_nccl: list[bool], backend: str, probes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = device.torch_config()
+    # Non-empty, so TorchTrainer does not set NCCL for a GPU run itself.
+    assert config.backend == CHOSEN_ON_WORKERS
+    # Train pickles it into its controller: it must come back as the same class.
+    assert type(pickle.loads(pickle.dumps(config))) is type(config)
+    torch_backend = config.backend_cls()
+    recorder = _RecordingTorchBackend()
+    # Ray's Backend classes are singletons: the instance outlives this test, and a test
+    # double left in it would be pickled into every later Train run of the session.
+    monkeypatch.setattr(torch_backend, "_torch_backend", recorder)
+    monkeypatch.setattr(torch_backend, "_resolved", None)
+    group = _FakeWorkerGroup(gpus, has_nccl)
+    torch_backend.on_start(group, config)
+    (started,) = recorder.started_with
+    assert started.backend == backend
+    assert (started.init_method, started.timeout_s) == (config.init_method, config.timeout_s)
+    assert group.probed == probes
+
+
+# ---------------------------------------------------------------------------------------
+# scripts/gpu_check.sh
+
+
+def test_gpu_check_stops_with_a_clear_message_when_no_gpu_is_visible(tmp_path: Path) -> None:
+    out, workdir = tmp_path / "gpu_check.json", tmp_path / "runs"
+    # No CUDA device visible, even on a GPU machine.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    script = REPO_ROOT / "scripts" / "gpu_check.sh"
+    done = subprocess.run(
+        ["bash", str(script), "--out", str(out), "--workdir", str(workdir), "synthetic"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "no GPU visible here" in done.stderr
+    assert "Nothing was run." in done.stderr
+    assert not out.exists()
+    assert not workdir.exists()
