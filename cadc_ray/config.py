@@ -191,8 +191,8 @@ UseGpu = Literal["auto", "yes", "no"]
 
 InProcess = Literal["auto", "never"]
 """``resources.in_process``: ``auto`` runs a one-worker CPU stage in the command's own
-process when the command started its own local Ray (a worker group there adds a process
-start, about 10 s, and no capacity); ``never`` always starts the worker group."""
+process when the command started its own local Ray (a worker group there adds its start,
+5.7-7.1 s per stage on 2 cores, and no capacity); ``never`` always starts the worker group."""
 
 Ingest = Literal["auto", "memory", "stream"]
 """``resources.ingest``: how Train workers get their training rows.

@@ -236,6 +236,8 @@ def test_a_streamed_one_worker_stage_repeats_exactly(
     assert _without_timings(again.history) == _without_timings(first.history)
     assert again.test_metrics == first.test_metrics
     assert first.train_interactions == one_worker.train_interactions
+    # Streamed, not held: another batch order than the in-memory run of the same seed.
+    assert first.history[0]["loss"] != one_worker.history[0]["loss"]
     assert first.history[1]["loss"] < first.history[0]["loss"]
     for streamed, held in zip(first.history, one_worker.history, strict=False):
         assert abs(streamed["val_hr@10"] - held["val_hr@10"]) < 0.08

@@ -220,3 +220,28 @@ def test_one_cpu_worker_runs_in_process_only_on_the_commands_own_ray() -> None:
     assert workers(num_workers=2) == 2
     assert workers(max_failures=1) == 1  # restarts need Train's worker group
     assert workers(num_workers=0, own_local_ray=False) == 0
+
+
+@pytest.mark.ray
+def test_stream_ingest_hands_train_an_equal_ordered_split(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """``stream``: a Ray Data dataset for Train to split (its split is ``equal=True``),
+    order preserved for one worker only, the folder kept for counting."""
+    from ray.train import DataConfig
+
+    from cadc_ray.config import ExperimentConfig
+    from cadc_ray.runtime.ingest import training_input
+
+    folder = tmp_path / "train"
+    _write_pairs(folder, {"a.parquet": [(0, 1), (1, 2), (2, 0)]})
+    for workers, ordered in ((1, True), (2, False)):
+        config = ExperimentConfig(resources=ResourcesConfig(num_workers=workers, ingest="stream"))
+        training = training_input(config, folder, seed=0)
+        assert training.datasets is not None and set(training.datasets) == {"train"}
+        assert training.datasets["train"].count() == 3
+        assert type(training.dataset_config) is DataConfig  # Train's own equal split
+        options = training.dataset_config._resolve_execution_options("train")
+        assert options.preserve_order is ordered
+        assert training.loop_entries["ingest"] == "stream"
+        assert training.loop_entries["train_folder"] == str(folder.resolve())

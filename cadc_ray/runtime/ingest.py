@@ -13,7 +13,8 @@ Parquet metadata, :func:`resolve_ingest`):
   block order). Memory per worker is bounded by the batch, the shuffle buffer and the
   model. Shards must hold equal row counts so that every rank steps equally often (DDP
   and the fused MF step synchronise every step): Train's split with ``equal=True``
-  (:class:`StreamShardConfig`) leaves out up to ``W - 1`` rows per epoch. Only the counts (users, items) are computed from the whole folder, batch by batch
+  (:func:`stream_data_config`) leaves out up to ``W - 1`` rows per epoch. Only the
+  counts (users, items) are computed from the whole folder, batch by batch
   (``data.count_interactions``). Reproducibility: Ray Data's ``streaming_split`` hands
   blocks to whichever worker asks first, so with 2+ workers which rank sees which rows is
   not reproducible, and a resumed run continues from the checkpointed epoch with the same
@@ -76,38 +77,14 @@ def resolve_ingest(config: ExperimentConfig, path: str | Path) -> ResolvedIngest
     return chosen
 
 
-class StreamShardConfig(DataConfig):
-    """Train's ``DataConfig`` for the streaming path: equal shards
-    (``streaming_split(equal=True)``: equal step counts on every rank), and
-    ``preserve_order`` so that a one-worker stream is deterministic."""
-
-    def __init__(self, *, preserve_order: bool) -> None:
-        super().__init__()
-        self.preserve_order = preserve_order
-
-    def configure(
-        self,
-        datasets: dict[str, Any],
-        world_size: int,
-        worker_handles: Any,
-        worker_node_ids: Any,
-        **kwargs: Any,
-    ) -> list[dict[str, Any]]:
-        output: list[dict[str, Any]] = [{} for _ in range(world_size)]
-        locality_hints = worker_node_ids if self._enable_shard_locality else None
-        for name, dataset in datasets.items():
-            if dataset.name is None:
-                dataset.set_name(name)
-            shard_source = dataset.copy(dataset)
-            options = self._resolve_execution_options(name)
-            options.preserve_order = self.preserve_order
-            shard_source.context.execution_options = options
-            splits = shard_source.streaming_split(
-                world_size, equal=True, locality_hints=locality_hints
-            )
-            for rank, split in enumerate(splits):
-                output[rank][name] = split
-        return output
+def stream_data_config(*, preserve_order: bool) -> DataConfig:
+    """Train's ``DataConfig`` for the streaming path: its own split, which gives every
+    worker an equal shard (``streaming_split(equal=True)``: equal step counts on every
+    rank), with Train's ingest options plus ``preserve_order`` (a one-worker stream is then
+    deterministic)."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = preserve_order
+    return DataConfig(execution_options=options)
 
 
 @dataclass(frozen=True)
@@ -115,7 +92,7 @@ class TrainingInput:
     """What a stage's ``TorchTrainer`` gets for its training rows."""
 
     datasets: dict[str, Any] | None  # {"train": Dataset} to stream; None: workers read the folder
-    dataset_config: StreamShardConfig | None
+    dataset_config: DataConfig | None
     loop_entries: dict[str, Any] = field(default_factory=dict)  # merged into train_loop_config
 
 
@@ -146,7 +123,7 @@ def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> Tra
     )
     single_worker = config.resources.num_workers <= 1
     return TrainingInput(
-        {"train": dataset}, StreamShardConfig(preserve_order=single_worker), entries
+        {"train": dataset}, stream_data_config(preserve_order=single_worker), entries
     )
 
 

@@ -178,15 +178,10 @@ def train_mf_stage(
 def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker)."""
 
-    from cadc_ray.console import quiet_train_worker
     from cadc_ray.runtime.ingest import training_data
-    from cadc_ray.runtime.stage import train_environment
-    from cadc_ray.runtime.trainer import config_from_loop
+    from cadc_ray.runtime.stage import start_worker_stage
 
-    quiet_train_worker()
-    config = config_from_loop(loop_config)
-    torch.set_num_threads(config.resources.torch_threads)
-    environment = train_environment(STAGE, loop_config)
+    config, environment = start_worker_stage(STAGE, loop_config)
     num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
     return train_mf_stage(
         config,

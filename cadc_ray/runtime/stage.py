@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cadc_ray.config import ExperimentConfig, to_dict
+from cadc_ray.config import ExperimentConfig, from_dict, to_dict
 from cadc_ray.console import StageProgress
 from cadc_ray.data.pairs import InteractionCounts
 from cadc_ray.runtime.checkpoint import (
@@ -376,3 +376,17 @@ def train_environment(stage: str, loop_config: dict[str, Any]) -> StageEnvironme
         wrap_model=lambda model: prepare_model(model, worker.device),
         gauges=stage_gauges(stage, loop_config["run_name"]) if worker.rank == 0 else None,
     )
+
+
+def start_worker_stage(
+    stage: str, loop_config: dict[str, Any]
+) -> tuple[ExperimentConfig, StageEnvironment]:
+    """What every ``train_loop_per_worker`` starts with: Train's console lines quieted, the
+    config carried (as a plain dict) through ``train_loop_config``, the torch threads it
+    asks for, and this worker's :func:`train_environment`."""
+    from cadc_ray.console import quiet_train_worker
+
+    quiet_train_worker()
+    config = from_dict(ExperimentConfig, loop_config["config"], "<train_loop_config>")
+    torch.set_num_threads(config.resources.torch_threads)
+    return config, train_environment(stage, loop_config)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cadc_ray.config import ExperimentConfig, from_dict
+from cadc_ray.config import ExperimentConfig
 from cadc_ray.storage import is_uri
 
 if TYPE_CHECKING:
@@ -96,8 +96,3 @@ def run_torch_trainer(
         torch_config=torch_config(),  # the process-group backend the workers can use
     )
     return trainer.fit()
-
-
-def config_from_loop(loop_config: dict[str, Any]) -> ExperimentConfig:
-    """The ExperimentConfig carried (as a plain dict) through ``train_loop_config``."""
-    return from_dict(ExperimentConfig, loop_config["config"], "<train_loop_config>")

@@ -21,7 +21,6 @@ from cadc_ray.training.samplers import (
     PopularityNegativeSampler,
     UniformNegativeSampler,
     build_negative_sampler,
-    item_counts,
 )
 
 __all__ = [
@@ -36,7 +35,6 @@ __all__ = [
     "alternation_phase",
     "bce_with_sampled_negatives",
     "build_negative_sampler",
-    "item_counts",
     "logq_correct",
     "make_mf_optimizers",
     "make_optimizer",

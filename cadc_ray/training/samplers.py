@@ -83,16 +83,6 @@ class PopularityNegativeSampler:
         return draws.view(num_positives, num_negatives)
 
 
-def item_counts(items: np.ndarray, num_items: int) -> np.ndarray:
-    """How often each item id occurs in ``items`` -> (num_items,) int64."""
-    items = np.asarray(items)
-    if items.size and (items.min() < 0 or items.max() >= num_items):
-        raise ValueError(
-            f"item ids must lie in [0, {num_items}), got [{items.min()}, {items.max()}]"
-        )
-    return np.bincount(items, minlength=num_items).astype(np.int64)
-
-
 def build_negative_sampler(
     name: NegativeSamplerName, num_items: int, item_counts: np.ndarray | None = None
 ) -> NegativeSampler:
