@@ -61,6 +61,7 @@ from bench_mf import bench_mf
 
 from cadc_ray.atomic import write_atomic, write_text_atomic
 from cadc_ray.config import ExperimentConfig, ResourcesConfig, replace_dotted
+from cadc_ray.data.synthetic import MIN_INTERACTIONS_PER_USER
 
 if TYPE_CHECKING:
     from cadc_ray.data import SplitPaths
@@ -154,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the temporary work folder is made (default: the system's temp folder)",
     )
+    parser.add_argument(
+        "--catalogue",
+        nargs=2,
+        type=positive_int,
+        metavar=("USERS", "ITEMS"),
+        default=None,
+        help="the same users x items at every row count (default: both grow with the rows), "
+        "so that the model's tables stay the same size and memory growth is the data's",
+    )
     parser.add_argument("--mf-epochs", type=positive_int, default=2)
     parser.add_argument("--mf-dim", type=positive_int, default=95, help="MF d (rows of d+1)")
     parser.add_argument("--mf-batch-size", type=positive_int, default=8192)
@@ -184,6 +194,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--eval-users: must be >= 0, got {args.eval_users}")
     if args.output.is_dir():
         parser.error(f"--output: {args.output} is a folder; name the JSON file")
+    if args.catalogue is not None:
+        users, items = args.catalogue
+        smallest = min(args.rows)
+        if smallest < MIN_INTERACTIONS_PER_USER * users:
+            parser.error(
+                f"--catalogue: {users:,} users need at least "
+                f"{MIN_INTERACTIONS_PER_USER * users:,} rows; --rows has {smallest:,}"
+            )
+        if items < 2 * MIN_INTERACTIONS_PER_USER:
+            parser.error(f"--catalogue: {items} items; at least {2 * MIN_INTERACTIONS_PER_USER}")
     if args.work_dir is not None and not args.work_dir.is_dir():
         parser.error(f"--work-dir: {args.work_dir} is not an existing folder")
     args.rows, args.workers = sorted(args.rows), sorted(args.workers)
@@ -332,12 +352,14 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # Configuration and data
 
 
-def synthetic_shape(rows: int) -> dict[str, int]:
+def synthetic_shape(rows: int, catalogue: Sequence[int] | None = None) -> dict[str, int]:
     """``data.synthetic`` sizes for N rows, as ``scripts/bench_data.py`` draws them (its
-    numbers stay comparable): N/50 users, N/500 items within [2,000, 50,000]."""
+    numbers stay comparable): N/50 users, N/500 items within [2,000, 50,000]; or the fixed
+    ``catalogue`` (users, items)."""
+    users, items = catalogue or (max(1_000, rows // 50), min(50_000, max(2_000, rows // 500)))
     return {
-        "num_users": max(1_000, rows // 50),
-        "num_items": min(50_000, max(2_000, rows // 500)),
+        "num_users": users,
+        "num_items": items,
         "num_interactions": rows,
         "shard_rows": min(rows, 2_000_000),
     }
@@ -358,7 +380,10 @@ def experiment_config(
         "output_root": str(work),
         "data.prepared_dir": str(work / f"synthetic-{rows}"),
         "data.filter_ratio": FILTER_RATIO,
-        **{f"data.synthetic.{key}": value for key, value in synthetic_shape(rows).items()},
+        **{
+            f"data.synthetic.{key}": value
+            for key, value in synthetic_shape(rows, args.catalogue).items()
+        },
         "pretrain.embedding_dim": args.mf_dim,
         "pretrain.epochs": args.mf_epochs,
         "pretrain.batch_size": args.mf_batch_size,

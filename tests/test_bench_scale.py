@@ -45,6 +45,12 @@ def bench() -> ModuleType:
         (["--eval-users", "-1"], "--eval-users: must be >= 0"),
         (["--mf-epochs", "0"], "must be >= 1"),
         (["--work-dir", "/nonexistent/bench"], "is not an existing folder"),
+        (
+            ["--rows", "1e6", "--catalogue", "400000", "100"],
+            "400,000 users need at least 1,200,000",
+        ),
+        (["--catalogue", "1000", "5"], "--catalogue: 5 items; at least 6"),
+        (["--catalogue", "1000"], "expected 2 arguments"),
     ],
 )
 def test_bad_arguments_fail_with_a_message(
@@ -80,6 +86,15 @@ def test_experiment_config_is_a_valid_cadc_config(bench: ModuleType, tmp_path: P
     assert config.resources.ingest == "stream"
     assert config.data.synthetic.num_users == 1_000  # the floor of bench_data's shapes
     assert config.data.prepared_dir == str(tmp_path / "synthetic-20000")
+
+
+def test_a_fixed_catalogue_keeps_users_and_items_at_every_size(bench: ModuleType) -> None:
+    args = bench.parse_args(["--rows", "1e5", "1e7", "--catalogue", "20000", "3000"])
+    shapes = [bench.synthetic_shape(rows, args.catalogue) for rows in args.rows]
+    assert [(s["num_users"], s["num_items"]) for s in shapes] == [(20_000, 3_000)] * 2
+    assert [s["num_interactions"] for s in shapes] == [100_000, 10_000_000]
+    grown = bench.synthetic_shape(10_000_000, None)  # the default grows with the rows
+    assert (grown["num_users"], grown["num_items"]) == (200_000, 20_000)
 
 
 # ---------------------------------------------------------------------------------------

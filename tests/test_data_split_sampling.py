@@ -27,8 +27,9 @@ from cadc_ray.data import (
     sample_dataset,
     sample_mask,
 )
-from cadc_ray.data.layout import interactions_dir
+from cadc_ray.data.layout import INTERACTION_SCHEMA, interactions_dir
 from cadc_ray.data.sampling import splitmix64
+from cadc_ray.data.split import split_user_range, user_range_of
 
 
 def test_roles_by_hand() -> None:
@@ -45,6 +46,44 @@ def test_roles_by_hand() -> None:
 def test_roles_empty() -> None:
     empty = np.zeros(0, dtype=np.int64)
     assert leave_last_two_out_roles(empty, empty, empty).shape == (0,)
+
+
+def test_user_ranges_are_contiguous_and_cover_every_range() -> None:
+    # 10 users in 4 ranges: [0, 3), [3, 5), [5, 8), [8, 10) (starts ceil(k * 10 / 4)).
+    assert user_range_of(np.arange(10), 10, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    ranges = user_range_of(np.arange(1_000_003), 1_000_003, 7)
+    assert (np.diff(ranges) >= 0).all() and set(ranges.tolist()) == set(range(7))
+    # int64 products: ids near 2^31 times many ranges do not overflow.
+    assert user_range_of(np.array([2**31 - 1]), 2**31, 4096).tolist() == [4095]
+
+
+def test_split_user_range_by_hand() -> None:
+    # user 5 (rows 10-13, times 30, 10, 20, 20): row 10 test, row 13 validation;
+    # user 7 (rows 14-15): train only; item 4 twice for user 5 (a repeated interaction).
+    table = pa.table(
+        {
+            "row_index": [13, 10, 11, 12, 15, 14],
+            "user_id": [5, 5, 5, 5, 7, 7],
+            "item_id": [3, 9, 4, 4, 1, 0],
+            "timestamp": [20, 30, 10, 20, 2, 1],
+            "rating": [1.0] * 6,
+        },
+        schema=INTERACTION_SCHEMA,
+    )
+    train, rest = split_user_range(table, num_items=10)
+    assert train.column("row_index").to_pylist() == [11, 12, 14, 15]  # row_index order
+    assert (
+        rest.validation.column("row_index").to_pylist(),
+        rest.test.column("row_index").to_pylist(),
+    ) == ([13], [10])
+    assert rest.validation.column_names == ["user_id", "item_id", "timestamp", "row_index"]
+    # Distinct pairs in (user, item) order: (5, 4) once.
+    assert list(zip(rest.known_users.tolist(), rest.known_items.tolist(), strict=True)) == [
+        (5, 4),
+        (7, 0),
+        (7, 1),
+    ]
+    assert rest.train_rows == 4
 
 
 def test_splitmix64_reference_values() -> None:
@@ -135,10 +174,49 @@ def test_split_matches_numpy_reference(prepared_split: tuple[Path, SplitPaths]) 
     assert split.summary()["num_evaluated_users"] == len(evaluated)
     positives = known_positives(split, manifest.num_users, manifest.num_items)
     assert positives.nnz == len(train_user) and positives.max() == 1.0
+    # D_full files hold no pass-1 column and are sorted by row_index.
+    for shard in sorted(split.train_dir.glob("*.parquet")):
+        rows = pq.read_table(shard)
+        assert rows.column_names == INTERACTION_SCHEMA.names
+        assert (np.diff(rows.column("row_index").to_numpy()) > 0).all()
+    assert not (split.root / "by_range").exists()
     # Reused: a second call returns at once without recomputing.
     marker = (split.root / "_SUCCESS").stat().st_mtime_ns
     assert materialize_split(prepared) == split
     assert (split.root / "_SUCCESS").stat().st_mtime_ns == marker
+
+
+@pytest.mark.ray
+def test_split_is_the_same_for_any_number_of_user_ranges(
+    prepared_split: tuple[Path, SplitPaths], tmp_path: Path
+) -> None:
+    """1 range (one task sees every user) and 7 give the module's 3-range split exactly."""
+    import shutil
+
+    prepared, three = prepared_split
+    manifest = Manifest.load(prepared)
+
+    def contents(split: SplitPaths) -> tuple[list[int], pa.Table, pa.Table, list[list[int]]]:
+        train_rows = sorted(pq.read_table(split.train_dir).column("row_index").to_pylist())
+        known = known_positives(split, manifest.num_users, manifest.num_items)
+        return (
+            train_rows,
+            pq.read_table(split.val_path),
+            pq.read_table(split.test_path),
+            known.toarray().tolist(),
+        )
+
+    expected = contents(three)
+    for ranges in (1, 7):
+        copy = tmp_path / f"ranges-{ranges}"
+        shutil.copytree(prepared, copy, ignore=shutil.ignore_patterns("split"))
+        other = materialize_split(copy, num_partitions=ranges)
+        assert other.summary()["num_partitions"] == ranges
+        train_rows, validation, test, known = contents(other)
+        assert train_rows == expected[0]
+        assert validation.equals(expected[1]) and test.equals(expected[2])
+        assert known == expected[3]
+        assert len(list(other.train_dir.glob("*.parquet"))) == ranges
 
 
 @pytest.mark.ray

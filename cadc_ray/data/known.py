@@ -9,8 +9,9 @@ worker and its memory; instead the split folder holds the CSR itself, users in o
 ``known/meta.json``   num_users, num_items, nnz
 
 ``indices`` is opened with ``numpy.memmap``: a worker reads the pages of the users it
-evaluates and nothing else. Writing streams batches sorted by ``(user_id, item_id)`` (Ray
-Data's sort when the split is materialized), so no process ever holds all of D_full.
+evaluates and nothing else. Writing streams batches sorted by ``(user_id, item_id)`` (one
+user range after another when the split is materialized, ``data.split``), so no process
+ever holds all of D_full.
 """
 
 from __future__ import annotations
@@ -148,26 +149,3 @@ def open_known_index(folder: Path, num_users: int, num_items: int) -> KnownPosit
     else:
         indices = np.memmap(folder / INDICES_FILE, dtype=INDEX_DTYPE, mode="r", shape=(nnz,))
     return KnownPositives(indptr=indptr, indices=indices, num_items=num_items)
-
-
-def write_known_index_with_ray(
-    train_dir: Path, folder: Path, num_users: int, num_items: int, batch_rows: int = 1 << 20
-) -> int:
-    """Build the index of the D_full shards in ``train_dir`` into ``folder`` (created here).
-
-    Ray Data sorts the pairs by ``(user_id, item_id)``; this process streams the sorted
-    batches, in order (``preserve_order`` on this dataset only), into ``write_known_index``.
-    Needs a running Ray. Returns nnz.
-    """
-    import ray.data  # local: the rest of the data layer runs without Ray
-
-    folder.mkdir()
-    dataset = ray.data.read_parquet(str(train_dir), columns=["user_id", "item_id"]).sort(
-        ["user_id", "item_id"]
-    )
-    dataset.context.execution_options.preserve_order = True  # the writer needs the sort order
-    batches = (
-        (batch["user_id"], batch["item_id"])
-        for batch in dataset.iter_batches(batch_format="numpy", batch_size=batch_rows)
-    )
-    return write_known_index(folder, batches, num_users, num_items)

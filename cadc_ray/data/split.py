@@ -1,15 +1,26 @@
-"""Leave-last-two-out split by time (METHOD 1.1), computed once with Ray Data.
+"""Leave-last-two-out split by time (METHOD 1.1), computed once with Ray, then reused.
 
 Per user, interactions are ordered by ``(timestamp, row_index)`` (the row index breaks ties
 deterministically and is the time order itself when a dataset has no timestamps); the last
 one is the test item, the one before it the validation item, the rest is ``D_full``. Users
 with fewer than 3 interactions stay wholly in ``D_full`` and are not evaluated.
 
-Ray Data does the work: the interactions are hash-partitioned by ``user_id`` (Ray 2.60's hash
-shuffle never splits a partition block, so every user's rows are in one block) and roles
-are computed per block by the vectorised numpy core ``leave_last_two_out_roles`` inside
-``map_batches`` (5x faster than ``groupby().map_groups``: docs/ray_notes.md, "Ray Data"). The result is written
-once under ``<prepared>/split`` (temp folder + rename, ``_SUCCESS`` marker) and reused.
+Two passes, no shuffle service. User ids are dense (``0 .. num_users - 1``), so contiguous
+*user ranges* partition the users without sampling or hashing:
+
+1. Ray Data tags each row with its range (``user_id * R // num_users``) and writes the rows
+   under ``user_range=k/`` (``write_parquet(partition_cols=...)``): a map and a write, each
+   read block independently.
+2. One Ray task per range reads its folder (whole users, by construction), computes the
+   roles with the numpy core ``leave_last_two_out_roles``, writes its D_full shard sorted by
+   ``row_index`` and returns its held-out rows and its sorted, distinct ``(user, item)``
+   pairs. Ranges are in user order, so the driver appends those pairs, range after range,
+   straight into the known-positives index (``data.known``): no global sort.
+
+Measured against the Ray Data hash repartition and global sort this replaced (one
+repartition for the roles, one ``sort`` for the index, about 13 s of fixed cost at every
+size on 2 cores): docs/results.md, "Scale". The result is written once under
+``<prepared>/split`` (temp folder + rename, ``_SUCCESS`` marker) and reused.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +39,16 @@ import pyarrow.parquet as pq
 
 from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
-from cadc_ray.data.known import KNOWN_DIR, write_known_index_with_ray
-from cadc_ray.data.layout import SUCCESS_MARKER, Manifest, interactions_dir
+from cadc_ray.data.known import KNOWN_DIR, write_known_index
+from cadc_ray.data.layout import INTERACTION_SCHEMA, SUCCESS_MARKER, Manifest, interactions_dir
 
 logger = logging.getLogger(__name__)
 
 ROLE_TRAIN, ROLE_VALIDATION, ROLE_TEST = 0, 1, 2
 MIN_INTERACTIONS_TO_EVALUATE = 3
 SPLIT_DIR = "split"
-ROWS_PER_PARTITION = 1_000_000  # hash partitions of the split: about this many rows each
+ROWS_PER_RANGE = 1_000_000  # user ranges of the split: about this many rows each
+RANGE_COLUMN = "user_range"  # pass 1's partition column; never in the written split
 HELDOUT_COLUMNS = ("user_id", "item_id", "timestamp", "row_index")
 
 
@@ -93,33 +106,89 @@ def leave_last_two_out_roles(
     return roles
 
 
-def _add_roles(batch: pa.Table) -> pa.Table:
-    """Ray Data ``map_batches`` body: one whole hash partition in, same rows + ``role`` out."""
+def user_range_of(user_id: np.ndarray, num_users: int, num_ranges: int) -> np.ndarray:
+    """``(N,)`` int32 range of each user id: ``user_id * num_ranges // num_users``.
+
+    Range k holds the users ``[ceil(k U / R), ceil((k + 1) U / R))``: contiguous, in order.
+    """
+    return (np.asarray(user_id, dtype=np.int64) * num_ranges // num_users).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class RangeSplit:
+    """What one user range gives back to the driver (its D_full shard is already written).
+
+    ``validation`` / ``test``: one row per evaluated user of the range, sorted by user.
+    ``known_users`` / ``known_items`` ``(K,)``: the range's distinct D_full pairs, sorted by
+    ``(user_id, item_id)``.
+    """
+
+    validation: pa.Table
+    test: pa.Table
+    known_users: np.ndarray
+    known_items: np.ndarray
+    train_rows: int
+
+
+def split_user_range(table: pa.Table, num_items: int) -> tuple[pa.Table, RangeSplit]:
+    """Whole users' interactions -> (their D_full rows sorted by ``row_index``, the rest).
+
+    Plain numpy/pyarrow: what each range's Ray task runs, tested without Ray.
+    """
     roles = leave_last_two_out_roles(
-        batch.column("user_id").to_numpy(),
-        batch.column("timestamp").to_numpy(),
-        batch.column("row_index").to_numpy(),
+        table.column("user_id").to_numpy(),
+        table.column("timestamp").to_numpy(),
+        table.column("row_index").to_numpy(),
     )
-    return batch.append_column("role", pa.array(roles))
+    train = table.filter(pa.array(roles == ROLE_TRAIN)).sort_by("row_index")
+
+    def held_out(role: int) -> pa.Table:
+        return (
+            table.filter(pa.array(roles == role)).select(list(HELDOUT_COLUMNS)).sort_by("user_id")
+        )
+
+    # Distinct (user, item) pairs in (user, item) order, as one int64 key each.
+    keys = np.unique(
+        train.column("user_id").to_numpy() * np.int64(num_items)
+        + train.column("item_id").to_numpy()
+    )
+    known = RangeSplit(
+        validation=held_out(ROLE_VALIDATION),
+        test=held_out(ROLE_TEST),
+        known_users=keys // num_items,
+        known_items=(keys % num_items).astype(np.int32),
+        train_rows=train.num_rows,
+    )
+    return train, known
 
 
-def _read_role(folder: Path, role: int) -> pa.Table:
-    part = folder / f"role={role}"
-    if not part.is_dir():
-        return pa.table({name: pa.array([], type=pa.int64()) for name in HELDOUT_COLUMNS})
-    table = pq.read_table(part, columns=list(HELDOUT_COLUMNS))
-    return table.sort_by("user_id")
+def _split_range_folder(folder: str, train_path: str, num_items: int) -> RangeSplit:
+    """Ray task body: range ``folder`` (pass 1's files) -> its D_full shard at ``train_path``."""
+    columns = INTERACTION_SCHEMA.names
+    if Path(folder).is_dir():
+        table = pq.read_table(folder, columns=columns, partitioning=None)
+    else:  # no user of this range has a row
+        table = INTERACTION_SCHEMA.empty_table()
+    train, known = split_user_range(table.cast(INTERACTION_SCHEMA), num_items)
+    if train.num_rows:
+        pq.write_table(train, train_path)
+    return known
+
+
+def _empty_held_out() -> pa.Table:
+    return INTERACTION_SCHEMA.empty_table().select(list(HELDOUT_COLUMNS))
 
 
 def materialize_split(prepared: Path | str, *, num_partitions: int | None = None) -> SplitPaths:
-    """The split of a prepared dataset, computed with Ray Data on first use, then reused.
+    """The split of a prepared dataset, computed with Ray on first use, then reused.
 
-    Needs a running Ray (``ray.init``); ``num_partitions`` defaults to one per
-    ``ROWS_PER_PARTITION`` rows (at least 2).
+    Needs a running Ray (``ray.init``). ``num_partitions`` user ranges; by default one per
+    ``ROWS_PER_RANGE`` rows (at least 2, so that two tasks share the work).
     """
+    import ray
     import ray.data  # local: the rest of the data layer runs without Ray
 
-    prepared = Path(prepared)
+    prepared = Path(prepared).resolve()  # handed to Ray tasks: absolute
     manifest = Manifest.load(prepared)
     paths = SplitPaths.under(prepared / SPLIT_DIR)
     if (paths.root / SUCCESS_MARKER).is_file():
@@ -128,44 +197,76 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
     if paths.root.exists():  # a crashed earlier attempt (no marker): start over
         shutil.rmtree(paths.root)
     started = time.perf_counter()
-    partitions = num_partitions or max(2, -(-manifest.num_interactions // ROWS_PER_PARTITION))
+    num_users, num_items = manifest.num_users, manifest.num_items
+    ranges = num_partitions or max(2, -(-manifest.num_interactions // ROWS_PER_RANGE))
+    ranges = max(1, min(ranges, num_users))
     with atomic_directory(paths.root) as temp:
         temp_paths = SplitPaths.under(temp)
-        by_role = temp / "by_role"
+        by_range = temp / "by_range"
+
+        def tag_range(batch: pa.Table) -> pa.Table:
+            users = batch.column("user_id").to_numpy()
+            return batch.append_column(
+                RANGE_COLUMN, pa.array(user_range_of(users, num_users, ranges))
+            )
+
+        # Pass 1: every read block writes its rows under user_range=k/ (no shuffle).
         (
             ray.data.read_parquet(str(interactions_dir(prepared)))
-            .repartition(partitions, keys=["user_id"])
-            .map_batches(_add_roles, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-            .write_parquet(str(by_role), partition_cols=["role"])
+            .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)
+            .write_parquet(str(by_range), partition_cols=[RANGE_COLUMN])
         )
-        train_part = by_role / f"role={ROLE_TRAIN}"
-        if train_part.is_dir():
-            train_part.rename(temp_paths.train_dir)
-        else:  # pragma: no cover - every prepared dataset has training rows
-            temp_paths.train_dir.mkdir()
-        validation = _read_role(by_role, ROLE_VALIDATION)
-        test = _read_role(by_role, ROLE_TEST)
+        # Pass 2: one task per range, all submitted; results consumed in range order.
+        temp_paths.train_dir.mkdir()
+        split_range = ray.remote(num_cpus=1)(_split_range_folder)
+        pending = [
+            split_range.remote(
+                str(by_range / f"{RANGE_COLUMN}={k}"),
+                str(temp_paths.train_dir / f"part-{k:05d}.parquet"),
+                num_items,
+            )
+            for k in range(ranges)
+        ]
+        held_out: dict[str, list[pa.Table]] = {"validation": [], "test": []}
+        num_train = 0
+
+        def known_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            nonlocal num_train
+            for ref in pending:
+                result: RangeSplit = ray.get(ref)
+                held_out["validation"].append(result.validation)
+                held_out["test"].append(result.test)
+                num_train += result.train_rows
+                yield result.known_users, result.known_items
+
+        (temp / KNOWN_DIR).mkdir()
+        # Per-user D_full positives for evaluation masks, inside the same atomic folder.
+        write_known_index(temp / KNOWN_DIR, known_batches(), num_users, num_items)
+        shutil.rmtree(by_range)
+        validation = pa.concat_tables([_empty_held_out(), *held_out["validation"]])
+        test = pa.concat_tables([_empty_held_out(), *held_out["test"]])
         for name, table in (("validation", validation), ("test", test)):
             users = table.column("user_id").to_numpy()
-            if len(users) > 1 and (np.diff(users) == 0).any():
-                # Would mean a user's rows were split across blocks: fail loudly.
+            if len(users) > 1 and (np.diff(users) <= 0).any():
+                # Would mean a user's rows landed in two ranges: fail loudly.
                 raise DataError(f"{prepared}: split produced two {name} rows for one user")
         pq.write_table(validation, temp_paths.val_path)
         pq.write_table(test, temp_paths.test_path)
-        shutil.rmtree(by_role)
-        # Per-user D_full positives for evaluation masks, inside the same atomic folder.
-        write_known_index_with_ray(
-            temp_paths.train_dir, temp / KNOWN_DIR, manifest.num_users, manifest.num_items
-        )
         num_evaluated = test.num_rows
+        if num_train != manifest.num_interactions - 2 * num_evaluated:
+            raise DataError(
+                f"{prepared}: split wrote {num_train} D_full rows, expected "
+                f"{manifest.num_interactions - 2 * num_evaluated} "
+                f"({manifest.num_interactions} interactions, {num_evaluated} evaluated users)"
+            )
         summary = {
-            "num_train": manifest.num_interactions - 2 * num_evaluated,
+            "num_train": num_train,
             "num_evaluated_users": num_evaluated,
-            "num_users": manifest.num_users,
-            "num_items": manifest.num_items,
+            "num_users": num_users,
+            "num_items": num_items,
             "time_order": manifest.time_order,
             "has_timestamp": manifest.has_timestamp,
-            "num_partitions": partitions,
+            "num_partitions": ranges,
             "seconds": round(time.perf_counter() - started, 3),
         }
         (temp / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
