@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -106,6 +107,20 @@ def ray_session() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------
 # Tiny generic interaction logs (the ``generic`` reader's input)
+
+
+def run_bash_script(
+    script: Path, args: list[str], env: dict[str, str], *, cwd: Path = REPO_ROOT, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``bash script args...`` as a user runs it, output captured as text."""
+    return subprocess.run(
+        ["bash", str(script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def load_script(name: str) -> ModuleType:

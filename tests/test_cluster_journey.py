@@ -51,6 +51,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import run_bash_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = REPO_ROOT / "scripts" / "submit_sweep.sh"
@@ -405,14 +406,7 @@ def copy_code(folder: Path) -> Path:
 def run_script(
     script: Path, args: list[str], env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(script), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_bash_script(script, args, env, timeout=300)  # a real sweep job runs inside
 
 
 def wait_for_job(cluster: FakeCluster, submission_id: str) -> dict[str, Any]:

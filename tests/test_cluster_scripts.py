@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_bash_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = REPO_ROOT / "scripts" / "submit_sweep.sh"
@@ -65,14 +66,7 @@ def ray_calls(env: dict[str, str]) -> list[dict[str, object]]:
 def run_script(
     script: Path, args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_bash_script(script, args, env, cwd=cwd, timeout=120)
 
 
 def test_submit_sends_one_job_with_runtime_env_and_shared_outputs(
