@@ -25,6 +25,18 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+CPU_CHUNK_CELLS = 1 << 22
+"""Most (users x items) score cells one CPU evaluation chunk holds: 16 MiB of float32.
+
+On CPU a bigger score matrix is slower, not faster. A buffer above glibc's mmap threshold
+(32 MiB at most) is mapped afresh at every allocation and its pages are faulted in and zeroed
+by the kernel, for the scores and for every temporary over them; small chunks reuse the
+allocator's memory and stay in cache across the comparison passes. Measured with
+``scripts/bench_ranking.py`` on Epinions' 296,277 items (docs/scale.md, "Full ranking on a
+large catalogue"). With ML-1M's 3,706 items a 1,024-user batch is below this size anyway.
+Accelerators keep ``user_batch_size``: their memory has no such cost.
+"""
+
 ScoreUsers = Callable[[torch.Tensor], torch.Tensor]
 """users (B,) int64 -> scores (B, num_items); higher is better."""
 
@@ -160,9 +172,10 @@ def heldout_ranks(
     def per_row(selected: torch.Tensor) -> torch.Tensor:
         return torch.bincount(rows[selected], minlength=num_rows)
 
-    higher = torch.count_nonzero(scores > target.unsqueeze(1), dim=1)
+    # int32 sums: about twice as fast as int64 ones on CPU, and exact below 2^31 items.
+    higher = (scores > target.unsqueeze(1)).sum(dim=1, dtype=torch.int32).long()
     higher = higher - per_row(masked_scores > masked_targets)
-    equal = torch.count_nonzero(scores == target.unsqueeze(1), dim=1) - 1  # minus itself
+    equal = (scores == target.unsqueeze(1)).sum(dim=1, dtype=torch.int32).long() - 1  # minus itself
     equal = equal - per_row(masked_scores == masked_targets)
     tie_rows = torch.nonzero(equal > 0).squeeze(1)
     if tie_rows.numel() == 0:
@@ -199,14 +212,17 @@ def full_ranking_sums(
     _validate(users, heldout_items, known_positives, ks, user_batch_size, extra)
     sums = FullRankingSums(ks=ks, hit_sums=dict.fromkeys(ks, 0.0), ndcg_sums=dict.fromkeys(ks, 0.0))
     num_items = known_positives.shape[1]
-    for start in range(0, users.size, user_batch_size):
-        batch_users = users[start : start + user_batch_size]
+    chunk = user_batch_size
+    if torch.device(device or "cpu").type == "cpu":
+        chunk = min(chunk, max(1, CPU_CHUNK_CELLS // max(num_items, 1)))
+    for start in range(0, users.size, chunk):
+        batch_users = users[start : start + chunk]
         rows = _known_rows(known_positives, batch_users)  # (B, I) sparse, only these users
         mask_rows = np.repeat(np.arange(batch_users.size), np.diff(rows.indptr))
         mask_columns = rows.indices.astype(np.int64)
         if extra is not None:
             mask_rows = np.concatenate([mask_rows, np.arange(batch_users.size)])
-            mask_columns = np.concatenate([mask_columns, extra[start : start + user_batch_size]])
+            mask_columns = np.concatenate([mask_columns, extra[start : start + chunk]])
         with torch.no_grad():
             # A copy: held-out user ids may be read-only (memory-mapped or object-store arrays).
             user_ids = torch.from_numpy(np.array(batch_users, dtype=np.int64))
@@ -219,7 +235,7 @@ def full_ranking_sums(
         ranks = heldout_ranks(
             scores.float(),
             # A copy: the held-out items may be a read-only (zero-copy object store) array.
-            torch.tensor(heldout_items[start : start + user_batch_size]).to(target_device),
+            torch.tensor(heldout_items[start : start + chunk]).to(target_device),
             torch.from_numpy(mask_rows).to(target_device),
             torch.from_numpy(mask_columns).to(target_device),
         ).cpu()

@@ -177,3 +177,33 @@ def test_ranks_equal_a_naive_stable_sort_with_many_ties(seed: int) -> None:
         assert metrics[f"ndcg@{k}"] == pytest.approx(
             np.mean([1 / math.log2(r + 2) if r < k else 0.0 for r in ranks])
         )
+
+
+def test_cpu_chunks_cap_the_score_cells_and_rank_as_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large catalogue is scored a few users at a time on CPU (``CPU_CHUNK_CELLS``), with
+    the known positives and validation masks of each chunk's own users."""
+    import cadc_ray.evaluation as evaluation
+
+    rng = np.random.default_rng(3)
+    num_users, num_items = 40, 12
+    scores = torch.from_numpy(rng.integers(0, 4, (num_users, num_items)).astype(np.float32))
+    heldout = rng.integers(0, num_items, num_users)
+    known_rows = [sorted(set(rng.integers(0, num_items, 4).tolist())) for _ in range(num_users)]
+    extra = rng.integers(0, num_items, num_users)
+    known = _known(known_rows, num_items)
+    batch_sizes: list[int] = []
+
+    def scorer(users: torch.Tensor) -> torch.Tensor:
+        batch_sizes.append(users.numel())
+        return scores[users]
+
+    users = np.arange(num_users)
+    whole = evaluate_full_ranking(scorer, users, heldout, known, (1, 3), num_users, extra)
+    assert batch_sizes == [num_users]
+    monkeypatch.setattr(evaluation, "CPU_CHUNK_CELLS", 3 * num_items + 5)  # 3 users a chunk
+    batch_sizes.clear()
+    chunked = evaluate_full_ranking(scorer, users, heldout, known, (1, 3), num_users, extra)
+    assert batch_sizes == [3] * 13 + [1]
+    assert chunked == whole

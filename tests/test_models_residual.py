@@ -100,6 +100,26 @@ def test_candidate_lists_score_as_the_flat_pairs(pretrainer: str) -> None:
     torch.testing.assert_close(model(users, candidates), flat)
 
 
+@pytest.mark.parametrize("pretrainer", ["mf", "als"])
+def test_the_ranking_scorer_is_score_users_as_one_product(pretrainer: str) -> None:
+    """The fused scorer (teacher and towers' factors side by side) scores as
+    ``teacher.score_all + correction`` does, away from the initialisation too."""
+    model = _model(_tables(pretrainer))
+    last = model.user_tower.mlp[-1]
+    assert isinstance(last, torch.nn.Linear)
+    with torch.no_grad():  # a nonzero correction, a scale other than 1 and a new offset
+        last.weight.normal_()
+        model.teacher.log_scale.fill_(0.4)
+        model.teacher.offset.fill_(-2.5)
+    users = torch.tensor([6, 0, 3, 3])
+    expected = model.score_users(users)
+    assert model.correction(users, torch.zeros(4, dtype=torch.int64)).abs().max() > 1e-3
+    torch.testing.assert_close(model.ranking_scorer()(users), expected)
+    hand = np.exp(0.4) * (_hand_teacher(_tables(pretrainer)) - 0.7) - 2.5  # minus b, then affine
+    teacher = model.teacher.score_all(users).detach().numpy()
+    assert np.allclose(teacher, hand[users.numpy()], atol=1e-5)
+
+
 def test_training_moves_the_correction_off_zero_and_lowers_the_loss() -> None:
     tables = _tables("mf")
     model = _model(tables)

@@ -52,14 +52,36 @@ def teacher_pair_logits(
     return (user_rows[:, :-1] * item_rows[:, :-1]).sum(dim=1) + user_rows[:, -1] + item_rows[:, -1]
 
 
+def teacher_user_factors(user_rows: torch.Tensor, pretrainer: str) -> torch.Tensor:
+    """Rows (B, d+1) -> (B, w) such that ``teacher_user_factors(u) @ teacher_item_factors(v).T``
+    is ``teacher_all_logits(u, v)``: ALS the rows as they are; MF ``[u[:d], u[d], 1]``.
+
+    The biases become two more columns of one matrix product: scoring every item then needs
+    no broadcast additions over (B, I) and no strided slice of the item table per call.
+    """
+    if pretrainer == "als":
+        return user_rows
+    _check_scorable(pretrainer)
+    return torch.cat([user_rows, torch.ones_like(user_rows[:, :1])], dim=1)
+
+
+def teacher_item_factors(item_rows: torch.Tensor, pretrainer: str) -> torch.Tensor:
+    """Rows (I, d+1) -> (I, w): ALS the rows; MF ``[v[:d], 1, v[d]]`` (see ``teacher_user_factors``)."""
+    if pretrainer == "als":
+        return item_rows
+    _check_scorable(pretrainer)
+    return torch.cat(
+        [item_rows[:, :-1], torch.ones_like(item_rows[:, :1]), item_rows[:, -1:]], dim=1
+    )
+
+
 def teacher_all_logits(
     user_rows: torch.Tensor, item_table: torch.Tensor, pretrainer: str
 ) -> torch.Tensor:
     """The teacher's score of every item: rows (B, d+1), table (I, d+1) -> (B, I), no global bias."""
-    if pretrainer == "als":
-        return user_rows @ item_table.T
-    _check_scorable(pretrainer)
-    return user_rows[:, :-1] @ item_table[:, :-1].T + user_rows[:, -1:] + item_table[:, -1]
+    return (
+        teacher_user_factors(user_rows, pretrainer) @ teacher_item_factors(item_table, pretrainer).T
+    )
 
 
 def _check_scorable(pretrainer: str) -> None:
@@ -83,9 +105,12 @@ def teacher_scorer(tables: PretrainedTables) -> Callable[[torch.Tensor], torch.T
     if tables.pretrainer != "als":
         _check_scorable(tables.pretrainer)
     user = torch.from_numpy(np.array(tables.user, dtype=np.float32))  # a writable copy
-    item = torch.from_numpy(np.array(tables.item, dtype=np.float32))
+    # Once per scorer, contiguous: every user chunk is then one matrix product.
+    item_factors = teacher_item_factors(
+        torch.from_numpy(np.asarray(tables.item, dtype=np.float32)), tables.pretrainer
+    ).contiguous()
 
     def score(users: torch.Tensor) -> torch.Tensor:
-        return teacher_all_logits(user[users.cpu()], item, tables.pretrainer)
+        return teacher_user_factors(user[users.cpu()], tables.pretrainer) @ item_factors.T
 
     return score

@@ -1,0 +1,34 @@
+"""``scripts/bench_ranking.py`` on a tiny catalogue: it ranks with the models the TTNN stage
+builds, ``residual`` at initialisation ranks exactly as its teacher, and bad input fails first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import load_script
+
+
+def test_tiny_run_writes_every_scorer_and_residual_starts_as_the_teacher(tmp_path: Path) -> None:
+    bench = load_script("bench_ranking")
+    output = tmp_path / "ranking.json"
+    argv = ["--num-users", "60", "--num-items", "700", "--eval-users", "50", "--threads", "1"]
+    assert bench.main([*argv, "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    results = report["results"]
+    assert set(results) == {"mf_teacher_alone", "two_tower", "residual"}
+    # The correction starts at exactly zero: the same ranks, so the same metrics.
+    for metric in ("hr@10", "ndcg@10", "hr@10000", "ndcg@10000"):
+        assert results["residual"][metric] == results["mf_teacher_alone"][metric]
+    assert results["residual"]["hr@10000"] == 1.0  # 700 items: every rank is below 10,000
+    assert report["shape"]["eval_users"] == 50
+    assert list(tmp_path.iterdir()) == [output]  # written atomically, no temp file left
+
+
+def test_more_evaluated_users_than_users_fails_before_any_work(tmp_path: Path) -> None:
+    bench = load_script("bench_ranking")
+    output = tmp_path / "ranking.json"
+    with pytest.raises(SystemExit):
+        bench.main(["--num-users", "10", "--eval-users", "11", "--output", str(output)])
+    assert not output.exists()
