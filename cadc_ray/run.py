@@ -138,7 +138,13 @@ def run_experiment(
             )
             teacher_quality = teacher_metrics(
                 teacher.tables,
-                read_held_out(dataset.split, manifest.num_users, manifest.num_items),
+                read_held_out(
+                    dataset.split,
+                    manifest.num_users,
+                    manifest.num_items,
+                    config.eval.validation_users,
+                    config.eval.validation_seed,
+                ),
                 config.eval,
             )
             pretrained_refs = put_tables(teacher.tables)

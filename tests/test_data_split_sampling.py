@@ -263,3 +263,27 @@ def test_read_held_out_pairs_each_test_user_with_its_validation_item(tmp_path: P
     _write_pairs(split.val_path, [0], [2])  # user 2 lost its validation item
     with pytest.raises(DataError, match=r"test\.parquet: 1 test users .*val\.parquet.*user 2"):
         read_held_out(split, num_users=3, num_items=4)
+
+
+def test_a_validation_user_sample_is_seeded_and_leaves_the_test_set_whole(tmp_path: Path) -> None:
+    split = SplitPaths.under(tmp_path)
+    users = list(range(50))
+    _write_pairs(split.train_dir / "part-0.parquet", users, [u % 7 for u in users])
+    _write_pairs(split.val_path, users[::-1], [(u + 1) % 7 for u in users[::-1]])
+    _write_pairs(split.test_path, users, [(u + 2) % 7 for u in users])
+    whole = read_held_out(split, num_users=50, num_items=7)
+    sampled = read_held_out(split, 50, 7, validation_users=10, validation_seed=3)
+    assert sampled.val_users.size == 10
+    assert np.all(np.diff(sampled.val_users) != 0)  # distinct users
+    np.testing.assert_array_equal(sampled.val_items, (sampled.val_users + 1) % 7)  # still paired
+    assert set(sampled.val_users) < set(whole.val_users)
+    # The test side is untouched, its validation masks included (users outside the sample too).
+    np.testing.assert_array_equal(sampled.test_users, whole.test_users)
+    np.testing.assert_array_equal(sampled.test_items, whole.test_items)
+    np.testing.assert_array_equal(sampled.test_extra_mask, (whole.test_users + 1) % 7)
+    again = read_held_out(split, 50, 7, validation_users=10, validation_seed=3)
+    other = read_held_out(split, 50, 7, validation_users=10, validation_seed=4)
+    np.testing.assert_array_equal(again.val_users, sampled.val_users)
+    assert set(other.val_users) != set(sampled.val_users)
+    all_kept = read_held_out(split, 50, 7, validation_users=50)
+    np.testing.assert_array_equal(all_kept.val_users, whole.val_users)

@@ -45,6 +45,14 @@ def test_bad_override_type_exits_2(
     assert "train.epochs: expected an integer, got 'many'" in capsys.readouterr().err
 
 
+def test_an_empty_validation_sample_exits_2(
+    tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write(tmp_path, "method: cadc\n")
+    assert run.main([config, "--set", "eval.validation_users=0"]) == 2
+    assert "eval.validation_users: must be >= 1" in capsys.readouterr().err
+
+
 def test_cross_field_error_and_missing_file_exit_2(
     tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -142,8 +142,19 @@ class HeldOutSets:
     test_extra_mask: np.ndarray  # (T,) each test user's validation item, masked when testing
 
 
-def read_held_out(split: SplitPaths, num_users: int, num_items: int) -> HeldOutSets:
-    """Validation and test pairs of a split plus the masks that ranking them needs."""
+def read_held_out(
+    split: SplitPaths,
+    num_users: int,
+    num_items: int,
+    validation_users: int | None = None,
+    validation_seed: int = 0,
+) -> HeldOutSets:
+    """Validation and test pairs of a split plus the masks that ranking them needs.
+
+    ``validation_users``: keep a uniform sample of that many validation users (drawn with
+    ``validation_seed``, in user order) for model selection; the test pairs and the test
+    masks stay complete. None, or at least as many as there are, keeps them all.
+    """
     val_users, val_items = read_pairs(split.val_path)
     test_users, test_items = read_pairs(split.test_path)
     val_item_of_user = np.full(num_users, -1, dtype=np.int64)
@@ -155,6 +166,12 @@ def read_held_out(split: SplitPaths, num_users: int, num_items: int) -> HeldOutS
             f"{split.test_path}: {missing.size} test users have no validation item in "
             f"{split.val_path} (e.g. user {missing[0]}): leave-last-two-out gives each both"
         )
+    if validation_users is not None and validation_users < val_users.size:
+        chosen = np.random.default_rng(validation_seed).choice(
+            val_users.size, size=validation_users, replace=False
+        )
+        chosen.sort()
+        val_users, val_items = val_users[chosen], val_items[chosen]
     return HeldOutSets(
         val_users=val_users,
         val_items=val_items,

@@ -436,7 +436,13 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     )
     # Evaluation data (plain pyarrow; paths must be reachable from every node); testing
     # masks the validation item too.
-    held_out = read_held_out(loop_config["split"], num_users, num_items)
+    held_out = read_held_out(
+        loop_config["split"],
+        num_users,
+        num_items,
+        config.eval.validation_users,
+        config.eval.validation_seed,
+    )
     pretrained = None
     if loop_config["pretrained"] is not None:
         pretrained = ray.get(loop_config["pretrained"][0])  # zero-copy, read-only arrays
