@@ -107,7 +107,7 @@ def teacher_scorer(tables: PretrainedTables) -> Callable[[torch.Tensor], torch.T
     user = torch.from_numpy(np.array(tables.user, dtype=np.float32))  # a writable copy
     # Once per scorer, contiguous: every user chunk is then one matrix product.
     item_factors = teacher_item_factors(
-        torch.from_numpy(np.asarray(tables.item, dtype=np.float32)), tables.pretrainer
+        torch.from_numpy(np.array(tables.item, dtype=np.float32)), tables.pretrainer
     ).contiguous()
 
     def score(users: torch.Tensor) -> torch.Tensor:
