@@ -133,25 +133,18 @@ def rebalance(
     )
 
 
-def item_log_frequency(items: np.ndarray, num_items: int) -> np.ndarray:
-    """log q(i) for LogQ, q = the item's frequency in the training stream -> (num_items,) float32.
-
-    Items that never occur count once (log(1 / N)) so that a sampled negative of an unseen
-    item gets a finite correction; occurring items keep their exact frequency.
-    """
-    items = np.asarray(items, dtype=np.int64)
-    if items.size and (items.min() < 0 or items.max() >= num_items):
-        raise ValueError(
-            f"item ids must lie in [0, {num_items}), got [{items.min()}, {items.max()}]"
-        )
-    return log_frequency(np.bincount(items, minlength=num_items))
-
-
 def log_frequency(item_counts: np.ndarray) -> np.ndarray:
-    """:func:`item_log_frequency` from the items' counts ``(num_items,)`` (a streamed
-    training set is counted, never held)."""
+    """log q(i) for LogQ from the items' training counts ``(num_items,)`` -> float32.
+
+    q = the item's frequency in the training stream (counted, never held: the streamed
+    path counts batch by batch). Items that never occur count once (log(1 / N)) so that a
+    sampled negative of an unseen item gets a finite correction; occurring items keep their
+    exact frequency.
+    """
     counts = np.asarray(item_counts, dtype=np.int64)
+    if counts.size and counts.min() < 0:
+        raise ValueError(f"item counts must be >= 0, got {counts.min()}")
     rows = int(counts.sum())
     if rows == 0:
-        raise ValueError("item_log_frequency needs a non-empty training stream")
+        raise ValueError("log_frequency needs a non-empty training stream")
     return np.log(np.maximum(counts, 1).astype(np.float64) / rows).astype(np.float32)

@@ -119,8 +119,8 @@ def test_memory_path_reads_its_rows_in_row_index_order(tmp_path: Path) -> None:
     folder.mkdir()
     shards = {"part-1.parquet": [5, 2, 4], "part-0.parquet": [3, 0, 1]}
     for name, row_index in shards.items():
-        rows = np.array(row_index)
-        table = {"row_index": rows, "user_id": rows * 10, "item_id": rows * 100}
+        indices = np.array(row_index)
+        table = {"row_index": indices, "user_id": indices * 10, "item_id": indices * 100}
         pq.write_table(pa.table(table), folder / name)
     rows = read_rows(str(folder), ("user_id", "item_id"))
     assert rows["row_index"].tolist() == [0, 1, 2, 3, 4, 5]

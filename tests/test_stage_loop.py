@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cadc_ray.config import ExperimentConfig, from_dict
+from cadc_ray.config import ExperimentConfig, MethodName, from_dict
 from cadc_ray.data import HeldOutSets
 from cadc_ray.data.known import KnownPositives
 from cadc_ray.data.sampling import sample_mask
@@ -170,7 +170,7 @@ def _train_ttnn(
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_both_stages_through_the_loop(
-    method: str, tiny: TinyInteractions
+    method: MethodName, tiny: TinyInteractions
 ) -> None:
     config = _config(method)
     teacher = _teacher(config, tiny)
