@@ -166,6 +166,10 @@ class ModelConfig:
     id_table: IdTablesConfig = field(default_factory=IdTablesConfig)  # compression, METHOD 2
 
 
+IdTableUpdates = Literal["auto", "sparse", "dense"]
+"""``train.id_table_updates``: how the TTNN's trainable id tables are optimized."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
@@ -177,6 +181,9 @@ class TrainConfig:
     early_stopping_patience: int = 5  # epochs without val improvement; 0 disables
     eval_every: int = 1
     seed: int = 0
+    # auto: id tables of >= 10,000 rows are updated row-sparsely (SparseAdam, lazy Adam);
+    # sparse: every trainable id table; dense: Adam over whole tables (training.optim).
+    id_table_updates: IdTableUpdates = "auto"
 
 
 @dataclass(frozen=True)
@@ -564,6 +571,12 @@ def validate(config: ExperimentConfig, source: str) -> None:
     if not config.eval.ks or any(k < 1 for k in config.eval.ks):
         fail(
             "eval.ks", f"must be a non-empty list of positive cut-offs, got {list(config.eval.ks)}"
+        )
+    if config.train.id_table_updates == "sparse" and config.train.weight_decay > 0:
+        fail(
+            "train.id_table_updates",
+            f"'sparse' (torch.optim.SparseAdam) has no weight decay, got train.weight_decay="
+            f"{config.train.weight_decay}; use auto (dense when weight decay is on) or dense",
         )
     if config.eval.validation_users is not None and config.eval.validation_users < 1:
         fail(

@@ -202,6 +202,7 @@ def run_experiment(
         "frozen_parameters": ttnn.frozen_parameters,
         "model_bytes": ttnn.model_bytes,  # trainable + frozen + lookup tables, and total
         "id_table_compression": ttnn.id_table_compression,
+        "sparse_id_tables": ttnn.sparse_id_tables,  # updated row-sparsely (SparseAdam)
         "num_users": manifest.num_users,
         "num_items": manifest.num_items,
         "num_workers": config.resources.num_workers,

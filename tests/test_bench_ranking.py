@@ -1,5 +1,7 @@
-"""``scripts/bench_ranking.py`` on a tiny catalogue: it ranks with the models the TTNN stage
-builds, ``residual`` at initialisation ranks exactly as its teacher, and bad input fails first."""
+"""The large-catalogue benchmarks on tiny shapes: ``scripts/bench_ranking.py`` ranks with the
+models the TTNN stage builds (``residual`` at initialisation exactly as its teacher);
+``scripts/bench_id_updates.py`` picks the tables each ``train.id_table_updates`` mode makes
+row-sparse; bad input fails before any work."""
 
 from __future__ import annotations
 
@@ -32,3 +34,20 @@ def test_more_evaluated_users_than_users_fails_before_any_work(tmp_path: Path) -
     with pytest.raises(SystemExit):
         bench.main(["--num-users", "10", "--eval-users", "11", "--output", str(output)])
     assert not output.exists()
+
+
+def test_id_updates_bench_compares_the_three_modes_on_one_model(tmp_path: Path) -> None:
+    bench = load_script("bench_id_updates")
+    output = tmp_path / "updates.json"
+    argv = ["--num-users", "30", "--num-items", "10000", "--batches", "3", "--batch-size", "64"]
+    assert bench.main([*argv, "--repeats", "1", "--threads", "1", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())["results"]
+    assert results["dense"]["sparse_tables"] == []
+    assert results["auto"]["sparse_tables"] == ["item_tower.id_embedding.table"]
+    assert len(results["sparse"]["sparse_tables"]) == 2
+    # Same initial weights and batches: the first pass's losses differ only by lazy Adam.
+    losses = [results[mode]["mean_loss"] for mode in ("dense", "auto", "sparse")]
+    assert max(losses) - min(losses) < 0.01
+    with pytest.raises(SystemExit):
+        bench.main(["--batches", "0", "--output", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()

@@ -53,6 +53,16 @@ def test_an_empty_validation_sample_exits_2(
     assert "eval.validation_users: must be >= 1" in capsys.readouterr().err
 
 
+def test_sparse_id_tables_with_weight_decay_exit_2(
+    tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write(tmp_path, "method: gs\ntrain:\n  weight_decay: 0.001\n")
+    assert run.main([config, "--set", "train.id_table_updates=sparse"]) == 2
+    assert "train.id_table_updates: 'sparse' (torch.optim.SparseAdam) has no weight decay" in (
+        capsys.readouterr().err
+    )
+
+
 def test_cross_field_error_and_missing_file_exit_2(
     tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

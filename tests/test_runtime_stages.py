@@ -190,8 +190,14 @@ def test_two_workers_give_the_same_kind_of_result_as_one(
     from cadc_ray.runtime.checkpoint import load_checkpoint
 
     single = one_worker
-    config = replace_dotted(tiny.config, {"resources.num_workers": 2})
+    # Row-sparse updates (SparseAdam) for every trainable embedding table, here the feature
+    # tables: their sparse gradients go through DDP's gloo all-reduce.
+    config = replace_dotted(
+        tiny.config, {"resources.num_workers": 2, "train.id_table_updates": "sparse"}
+    )
     double = _fit(tiny, config, pretrained.tables, run_name="two", storage_path=str(tmp_path))
+    assert double.sparse_id_tables and single.sparse_id_tables == []
+    assert all("features" in name for name in double.sparse_id_tables)
     popularity = tiny.popularity_val["hr@10"]
     assert double.best_val_metrics["hr@10"] > popularity
     assert double.train_interactions == single.train_interactions

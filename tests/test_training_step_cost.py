@@ -81,3 +81,105 @@ def test_a_diverging_batch_still_raises_once_per_epoch() -> None:
         train_two_tower_epoch(
             model, batches, optimizer, UniformNegativeSampler(NUM_ITEMS), 2, torch.Generator()
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Row-sparse id tables (train.id_table_updates)
+
+BIG_ITEMS = 10_000  # SPARSE_UPDATE_ROWS: the item table is sparse under auto, users not
+
+
+def _big_model() -> TwoTower:
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=6, tower_hidden=(8,), output_dim=4, use_features=False)
+    return build_two_tower(config, NUM_USERS, BIG_ITEMS, None, None, None, "none")
+
+
+def _item_table(model: TwoTower) -> torch.nn.Embedding:
+    table = dict(model.named_modules())["item_tower.id_embedding.table"]
+    assert isinstance(table, torch.nn.Embedding)
+    return table
+
+
+def test_which_tables_each_mode_updates_row_sparsely() -> None:
+    from cadc_ray.training.optim import SPARSE_UPDATE_ROWS, sparse_id_tables
+
+    assert BIG_ITEMS == SPARSE_UPDATE_ROWS
+    model = _big_model()
+    items, users = "item_tower.id_embedding.table", "user_tower.id_embedding.table"
+    assert sorted(sparse_id_tables(model, "auto", 0.0, True)) == [items]
+    assert sorted(sparse_id_tables(model, "sparse", 0.0, True)) == [items, users]
+    assert sparse_id_tables(model, "dense", 0.0, True) == {}
+    # auto falls back to dense where SparseAdam or the process group cannot follow ...
+    assert sparse_id_tables(model, "auto", 1e-4, True) == {}
+    assert sparse_id_tables(model, "auto", 0.0, False) == {}
+    # ... and sparse says why instead.
+    with pytest.raises(ValueError, match=r"no weight decay .*weight_decay=0\.0001"):
+        sparse_id_tables(model, "sparse", 1e-4, True)
+    with pytest.raises(ValueError, match="NCCL"):
+        sparse_id_tables(model, "sparse", 0.0, False)
+
+
+def _item_table_after_two_steps(mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The item table before, after a step on items 0-7, after a step on items 100-107."""
+    from cadc_ray.training.optim import sparse_id_tables, two_tower_optimizers
+
+    model = _big_model()
+    tables = sparse_id_tables(model, mode, 0.0, True)
+    optimizers = list(two_tower_optimizers(model, 0.01, 0.0, tables).values())
+    weight = _item_table(model).weight
+    snapshots = [weight.detach().clone()]
+    for first_item in (0, 100):
+        users = torch.arange(8) % NUM_USERS
+        items = torch.arange(first_item, first_item + 8)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        logits: torch.Tensor = model(users, items)
+        torch.nn.functional.softplus(-logits).mean().backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        snapshots.append(weight.detach().clone())
+    return snapshots[0], snapshots[1], snapshots[2]
+
+
+def test_a_sparse_step_moves_only_the_rows_its_batch_looked_up() -> None:
+    initial, first, second = _item_table_after_two_steps("auto")
+    moved = (first != initial).any(dim=1)
+    assert moved[:8].all() and not moved[8:].any()
+    # Lazy Adam: rows 0-7 keep their value when the next batch does not touch them.
+    assert torch.equal(second[:8], first[:8])
+    assert (second[100:108] != first[100:108]).any(dim=1).all()
+    # Dense Adam's first step is the same on the touched rows; its second step still moves
+    # rows 0-7 along their momentum: the difference lazy Adam makes.
+    dense_initial, dense_first, dense_second = _item_table_after_two_steps("dense")
+    assert torch.equal(dense_initial, initial)
+    torch.testing.assert_close(dense_first, first)
+    assert (dense_second[:8] != dense_first[:8]).any(dim=1).all()
+
+
+def test_row_sparse_tables_learn_as_dense_ones_do() -> None:
+    from cadc_ray.training.optim import sparse_id_tables, two_tower_optimizers
+
+    generator = torch.Generator().manual_seed(5)
+    users = torch.randint(0, NUM_USERS, (512,), generator=generator)
+    items = (users * 7 + torch.randint(0, 3, (512,), generator=generator)) % 40  # learnable
+    batches = [(users[i : i + 64], items[i : i + 64]) for i in range(0, 512, 64)]
+    losses: dict[str, list[float]] = {}
+    for mode in ("dense", "sparse"):
+        model = _big_model()
+        optimizers = list(
+            two_tower_optimizers(
+                model, 0.01, 0.0, sparse_id_tables(model, mode, 0.0, True)
+            ).values()
+        )
+        sampler = UniformNegativeSampler(BIG_ITEMS)
+        losses[mode] = [
+            train_two_tower_epoch(
+                model, batches, optimizers, sampler, 4, torch.Generator().manual_seed(epoch)
+            )
+            for epoch in range(8)
+        ]
+        assert _item_table(model).sparse == (mode == "sparse")
+    for mode, curve in losses.items():
+        assert curve[-1] < 0.6 * curve[0], (mode, curve)
+    assert abs(losses["sparse"][-1] - losses["dense"][-1]) < 0.1 * losses["dense"][-1]

@@ -19,6 +19,8 @@ Worker side (inside a Train worker):
   worker holds a ``GPU`` resource but its torch sees no CUDA (a CPU build of torch, a
   driver problem, or a test cluster whose ``GPU`` is only a label); :func:`prepare_model`
   puts the model there (and in DDP for several workers).
+- :func:`sparse_gradients_all_reduce`: whether the group can all-reduce the sparse gradients
+  of row-sparse id tables (gloo yes, NCCL no).
 - :func:`torch_config` (a ``DeviceAwareTorchConfig``): Train's process group backend chosen
   once the workers exist: NCCL when every worker of a GPU group has CUDA and NCCL, else
   gloo with a warning.
@@ -359,6 +361,19 @@ def process_group_backend(gpus_per_worker: float, workers_have_nccl: Sequence[bo
     lacking = [rank for rank, ready in enumerate(workers_have_nccl) if not ready]
     logger.warning("GPU workers %s have no usable CUDA/NCCL: the process group uses gloo", lacking)
     return "gloo"
+
+
+def sparse_gradients_all_reduce(device: torch.device, world_size: int) -> bool:
+    """Can this worker's process group all-reduce sparse gradients (row-sparse id tables)?
+
+    One worker has nothing to reduce; gloo can; NCCL cannot, so a multi-GPU group keeps its
+    id tables dense (``training.optim.sparse_id_tables``).
+    """
+    import torch
+
+    if world_size <= 1 or not torch.distributed.is_initialized():
+        return True
+    return str(torch.distributed.get_backend()) == "gloo"
 
 
 def worker_has_nccl() -> bool:

@@ -86,6 +86,8 @@ class TTNNResult:
     # Full-ranking evaluation inside the stage (validation, test, the teacher's test):
     # with loop_seconds, what separates the stage's work from its fixed cost.
     eval_seconds: float = 0.0
+    # Trainable id tables updated row-sparsely (train.id_table_updates), by module name.
+    sparse_id_tables: list[str] = field(default_factory=list)
 
 
 def build_ttnn_inputs(
@@ -155,9 +157,10 @@ class TTNNStage:
         from cadc_ray.methods import METHODS, resolved_integration
         from cadc_ray.models import build_two_tower, count_parameters
         from cadc_ray.models.id_tables import id_table_compression, model_bytes
+        from cadc_ray.runtime.device import sparse_gradients_all_reduce
         from cadc_ray.runtime.worker import derive_seed
         from cadc_ray.training.early_stopping import EarlyStopping
-        from cadc_ray.training.optim import make_optimizer
+        from cadc_ray.training.optim import sparse_id_tables, two_tower_optimizers
         from cadc_ray.training.samplers import build_negative_sampler
 
         self.config = config
@@ -189,8 +192,20 @@ class TTNNStage:
             model_bytes(self.base),
             id_table_compression(self.base),
         )
+        sparse_tables = sparse_id_tables(
+            self.base,
+            settings.id_table_updates,
+            settings.weight_decay,
+            sparse_gradients_all_reduce(self.worker.device, self.worker.world_size),
+        )
+        # Before DDP wraps the model: the sparse tables' gradients are sparse from the start.
+        self.optimizers = two_tower_optimizers(
+            self.base, settings.learning_rate, settings.weight_decay, sparse_tables
+        )
+        self.sparse_id_tables = sorted(sparse_tables)
+        if sparse_tables and self.worker.rank == 0:
+            logger.info("row-sparse id table updates (SparseAdam): %s", ", ".join(sparse_tables))
         self.model = environment.wrap_model(self.base)  # DDP when world_size > 1
-        self.optimizer = make_optimizer(self.base, settings.learning_rate, settings.weight_decay)
         self.sampler = build_negative_sampler(
             settings.negative_sampler, num_items, item_counts=counts.items
         )
@@ -246,7 +261,14 @@ class TTNNStage:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.base.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizers"]["adam"])
+        saved = state["optimizers"]
+        if set(saved) != set(self.optimizers):
+            raise ValueError(
+                f"checkpoint optimizers {sorted(saved)} do not match this run's "
+                f"{sorted(self.optimizers)} (train.id_table_updates changed?)"
+            )
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(saved[name])
         stopping = state["early_stopping"]
         self.stopper.best_value = stopping["best_value"]
         self.stopper.best_epoch = stopping["best_epoch"]
@@ -278,7 +300,7 @@ class TTNNStage:
         return train_two_tower_epoch(
             self.model,
             batches,
-            self.optimizer,
+            list(self.optimizers.values()),
             self.sampler,
             settings.num_negatives,
             generator,
@@ -310,7 +332,7 @@ class TTNNStage:
     def state(self) -> dict[str, Any]:
         return {
             "model": self.base.state_dict(),
-            "optimizers": {"adam": self.optimizer.state_dict()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "early_stopping": {
                 "best_value": self.stopper.best_value,
                 "best_epoch": self.stopper.best_epoch,
@@ -417,6 +439,7 @@ def train_ttnn_stage(
         "id_table_compression": body.id_table_compression,
         "teacher_test": teacher_test,
         "eval_seconds": body.eval_seconds,
+        "sparse_id_tables": body.sparse_id_tables,
     }
 
 
@@ -524,4 +547,5 @@ def fit_ttnn(
         checkpoint_path=checkpoint.path if checkpoint is not None else None,
         teacher_test_metrics=dict(output["teacher_test"]),
         eval_seconds=float(output["eval_seconds"]),
+        sparse_id_tables=list(output["sparse_id_tables"]),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -149,7 +149,7 @@ def _epoch_mean_loss(total_loss: torch.Tensor | None, total_rows: int) -> float:
 def train_two_tower_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     sampler: NegativeSampler,
     num_negatives: int,
     generator: torch.Generator,
@@ -157,10 +157,13 @@ def train_two_tower_epoch(
 ) -> float:
     """One epoch of the TTNN (or any ``model(users, items) -> logits``) with BCE.
 
-    ``log_q`` (num_items,) enables the LogQ baseline. Returns the mean loss.
+    ``optimizer``: one, or several that all step every batch (``optim.two_tower_optimizers``:
+    Adam and SparseAdam). ``log_q`` (num_items,) enables the LogQ baseline. Returns the
+    mean loss.
     """
+    optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
     return _train_epoch(
-        model, batches, lambda _: [optimizer], [optimizer], sampler, num_negatives, generator, log_q
+        model, batches, lambda _: optimizers, optimizers, sampler, num_negatives, generator, log_q
     )
 
 

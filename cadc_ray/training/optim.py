@@ -1,6 +1,9 @@
 """Optimizers over trainable parameters only (frozen tables never get Adam state).
 
 ``RowAdam`` is Adam for id tables updated row-sparsely (the fused MF step).
+``two_tower_optimizers`` gives the TTNN Adam, plus ``torch.optim.SparseAdam`` (lazy Adam)
+for the large trainable id tables chosen by ``sparse_id_tables``: dense Adam reads and
+writes every row of every table at every step, whatever the batch touched.
 """
 
 from __future__ import annotations
@@ -22,6 +25,80 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize")
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+
+
+SPARSE_UPDATE_ROWS = 10_000
+"""``train.id_table_updates: auto`` updates a trainable id table row-sparsely from this many
+rows on. On Epinions' 296,277-item table a GS epoch ran at 6,000 rows/s with dense Adam
+(docs/scale.md, "Row-sparse id tables in the TTNN"); MovieLens' tables (at most 6,040
+rows) stay dense, so their numbers do not move."""
+
+
+def sparse_id_tables(
+    model: nn.Module,
+    mode: str,
+    weight_decay: float,
+    sparse_allreduce: bool,
+) -> dict[str, nn.Embedding]:
+    """The trainable ``nn.Embedding`` tables of ``model`` to update row-sparsely, by name.
+
+    ``mode`` is ``train.id_table_updates``: ``dense`` none; ``sparse`` every trainable id
+    table (feature tables included: they are ``nn.Embedding`` too); ``auto`` those of at
+    least ``SPARSE_UPDATE_ROWS`` rows, and none when ``weight_decay`` > 0 (``SparseAdam`` has
+    no weight decay) or when the process group cannot all-reduce sparse gradients
+    (``sparse_allreduce`` False: NCCL). ``sparse`` in those two cases raises a ValueError.
+    """
+    if mode not in ("auto", "sparse", "dense"):
+        raise ValueError(f"train.id_table_updates must be auto, sparse or dense, got {mode!r}")
+    if mode == "dense":
+        return {}
+    if mode == "sparse" and weight_decay > 0:
+        raise ValueError(
+            f"train.id_table_updates: sparse has no weight decay (torch.optim.SparseAdam), "
+            f"got train.weight_decay={weight_decay}; use auto or dense"
+        )
+    if mode == "sparse" and not sparse_allreduce:
+        raise ValueError(
+            "train.id_table_updates: sparse needs a process group that all-reduces sparse "
+            "gradients (gloo); this multi-GPU group uses NCCL; use auto or dense"
+        )
+    if mode == "auto" and (weight_decay > 0 or not sparse_allreduce):
+        return {}
+    minimum_rows = 1 if mode == "sparse" else SPARSE_UPDATE_ROWS
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Embedding)
+        and module.weight.requires_grad
+        and module.num_embeddings >= minimum_rows
+    }
+
+
+def two_tower_optimizers(
+    model: nn.Module, lr: float, weight_decay: float, sparse_tables: dict[str, nn.Embedding]
+) -> dict[str, torch.optim.Optimizer]:
+    """``adam`` over every other trainable parameter and, when ``sparse_tables`` is not
+    empty, ``sparse_adam`` (``torch.optim.SparseAdam``, same lr and betas) over those tables.
+
+    The tables are switched to sparse gradients (``nn.Embedding.sparse``): a step then
+    reads and writes the rows its batch looked up, and their Adam moments, and no other.
+    That is lazy Adam: an untouched row keeps its value and its moments, where dense Adam
+    would still move it along its decaying momentum.
+    """
+    sparse_weights = set()
+    for table in sparse_tables.values():
+        table.sparse = True
+        sparse_weights.add(id(table.weight))
+    dense = [p for p in trainable_parameters(model) if id(p) not in sparse_weights]
+    if not dense and not sparse_tables:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize")
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    if dense:
+        optimizers["adam"] = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+    if sparse_tables:
+        weights = [table.weight for table in sparse_tables.values()]
+        optimizers["sparse_adam"] = torch.optim.SparseAdam(weights, lr=lr)
+    return optimizers
 
 
 class RowAdam:
