@@ -363,7 +363,7 @@ def process_group_backend(gpus_per_worker: float, workers_have_nccl: Sequence[bo
     return "gloo"
 
 
-def sparse_gradients_all_reduce(device: torch.device, world_size: int) -> bool:
+def sparse_gradients_all_reduce(world_size: int) -> bool:
     """Can this worker's process group all-reduce sparse gradients (row-sparse id tables)?
 
     One worker has nothing to reduce; gloo can; NCCL cannot, so a multi-GPU group keeps its

@@ -196,7 +196,7 @@ class TTNNStage:
             self.base,
             settings.id_table_updates,
             settings.weight_decay,
-            sparse_gradients_all_reduce(self.worker.device, self.worker.world_size),
+            sparse_gradients_all_reduce(self.worker.world_size),
         )
         # Before DDP wraps the model: the sparse tables' gradients are sparse from the start.
         self.optimizers = two_tower_optimizers(
