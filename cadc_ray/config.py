@@ -151,6 +151,10 @@ class IdTablesConfig:
         return specific if specific is not None else self.default
 
 
+FrozenRows = Literal["raw", "standardized", "whitened"]
+"""``model.frozen_rows`` (``models.embeddings.MappedFrozenIdEmbedding``)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Stage 2: the two-tower network (METHOD 1.3)."""
@@ -163,6 +167,10 @@ class ModelConfig:
     adapter_hidden: int = 128  # the `mlp` integration technique's hidden width
     use_features: bool = True
     dedup: bool = True  # RecD: run towers once per unique id in a batch
+    # What the towers of init_frz / residual read of the frozen rows: raw (the rows), or
+    # through a fixed map fitted on the table: standardized (columns to mean 0, variance 1)
+    # or whitened (ZCA). The teacher's own score in residual always uses the raw rows.
+    frozen_rows: FrozenRows = "raw"
     id_table: IdTablesConfig = field(default_factory=IdTablesConfig)  # compression, METHOD 2
 
 
@@ -600,6 +608,21 @@ def validate(config: ExperimentConfig, source: str) -> None:
         )
     if spec.pretrainer is not None and integration == "none":
         fail("model.integration", f"method {config.method!r} pretrains; 'none' would discard it")
+    if config.model.frozen_rows != "raw":
+        resolved = resolved_integration(config.method, integration)
+        compressed = [
+            entity
+            for entity in ("user", "item")
+            if config.model.id_table.for_entity(entity).kind != "full"
+        ]
+        if resolved not in ("init_frz", "residual") or compressed:
+            fail(
+                "model.frozen_rows",
+                f"{config.model.frozen_rows!r} maps the frozen rows that init_frz and residual "
+                f"towers read from full tables; method {config.method!r} with integration "
+                f"{resolved!r}{' and compressed ' + '/'.join(compressed) + ' tables' if compressed else ''} "
+                "has none; use raw",
+            )
     if integration == "residual" and spec.pretrainer == "mf_mlp":
         fail(
             "model.integration",

@@ -6,6 +6,7 @@ and counted once; ALS rows keep ALS's ranking; epoch 0 (the teacher) can be the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,103 @@ def test_residual_starts_at_the_mf_logit_it_was_trained_to_output() -> None:
         model.ranking_scorer()(torch.arange(NUM_USERS)),
         mf.score_users(torch.arange(NUM_USERS)).detach(),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# model.frozen_rows: what the towers read of the frozen rows (issue #14 item 2)
+
+
+def test_standardized_rows_have_unit_columns_and_a_constant_column_stays_zero() -> None:
+    from cadc_ray.models.embeddings import frozen_row_map
+
+    rng = np.random.default_rng(3)
+    table = rng.normal(0.0, 1.0, (500, 4)) * [0.01, 1.0, 30.0, 0.0] + [0.0, 5.0, -2.0, 0.0]
+    tensor = torch.tensor(table, dtype=torch.float32)
+    mean, transform = frozen_row_map(tensor, "standardized")
+    mapped = ((tensor - mean) @ transform).double().numpy()
+    np.testing.assert_allclose(mapped.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(mapped[:, :3].std(axis=0), 1.0, rtol=1e-4)
+    assert np.all(mapped[:, 3] == 0.0)  # the zero bias column of ALS rows
+    assert np.count_nonzero(transform - torch.diag(torch.diagonal(transform))) == 0
+
+
+def test_whitened_rows_are_decorrelated_with_unit_variance() -> None:
+    from cadc_ray.models.embeddings import frozen_row_map
+
+    rng = np.random.default_rng(4)
+    mixing = rng.normal(0.0, 1.0, (3, 3)) * [[1.0], [0.1], [10.0]]  # correlated, unequal
+    table = np.concatenate([rng.normal(0.0, 1.0, (2000, 3)) @ mixing, np.zeros((2000, 1))], axis=1)
+    tensor = torch.tensor(table, dtype=torch.float32)
+    mean, transform = frozen_row_map(tensor, "whitened")
+    mapped = ((tensor - mean) @ transform).double().numpy()
+    covariance = np.cov(mapped, rowvar=False)
+    np.testing.assert_allclose(covariance[:3, :3], np.eye(3), atol=2e-3)
+    assert np.all(mapped[:, 3] == 0.0)
+    with pytest.raises(ValueError, match="standardized or whitened"):
+        frozen_row_map(tensor, "raw")
+
+
+@pytest.mark.parametrize("frozen_rows", ["standardized", "whitened"])
+@pytest.mark.parametrize("pretrainer", ["mf", "als"])
+def test_mapped_rows_feed_the_towers_and_the_teacher_keeps_its_own(
+    frozen_rows: str, pretrainer: str
+) -> None:
+    from cadc_ray.models.embeddings import MappedFrozenIdEmbedding
+
+    tables = _tables(pretrainer)
+    config = ModelConfig(
+        embedding_dim=WIDTH,
+        feature_embedding_dim=3,
+        tower_hidden=(8,),
+        output_dim=4,
+        frozen_rows=frozen_rows,  # type: ignore[arg-type]
+    )
+    torch.manual_seed(0)
+    model = build_two_tower(
+        config, NUM_USERS, NUM_ITEMS, None, _item_features(), tables, "residual"
+    )
+    rows = model.user_tower.id_embedding
+    assert isinstance(rows, MappedFrozenIdEmbedding) and rows.kind == frozen_rows
+    users = torch.arange(NUM_USERS)
+    assert np.allclose(rows.frozen_weight.numpy(), tables.user)  # the table is untouched
+    mapped = rows(users).detach().numpy()
+    assert not np.allclose(mapped, tables.user, atol=1e-3)
+    np.testing.assert_allclose(mapped.mean(axis=0), 0.0, atol=1e-5)
+    # residual still starts at the teacher exactly: its score reads the raw rows.
+    scores = model.ranking_scorer()(users)
+    assert np.allclose(scores.numpy(), _hand_teacher(tables), atol=1e-5)
+    init_frz = build_two_tower(config, NUM_USERS, NUM_ITEMS, None, None, tables, "init_frz")
+    assert isinstance(init_frz.item_tower.id_embedding, MappedFrozenIdEmbedding)
+    assert (
+        count_parameters(init_frz)[1]
+        == count_parameters(
+            build_two_tower(
+                replace(config, frozen_rows="raw"),
+                NUM_USERS,
+                NUM_ITEMS,
+                None,
+                None,
+                tables,
+                "init_frz",
+            )
+        )[1]
+    )  # the map is not a frozen table: the frozen count is the rows alone
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "gs"}, "integration 'none'"),
+        ({"model": {"integration": "init"}}, "integration 'init'"),
+        (
+            {"model": {"id_table": {"item": {"kind": "hashing", "fraction": 0.5}}}},
+            "compressed item",
+        ),
+    ],
+)
+def test_frozen_rows_need_frozen_full_tables(overrides: dict[str, Any], message: str) -> None:
+    raw: dict[str, Any] = {"method": "cadc", "model": {"frozen_rows": "whitened"}}
+    for key, value in overrides.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(ConfigError, match=rf"model\.frozen_rows.*{message}"):
+        validate(from_dict(ExperimentConfig, raw), "test")

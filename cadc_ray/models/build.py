@@ -15,7 +15,12 @@ from torch import nn
 
 from cadc_ray.config import IntegrationName, ModelConfig
 from cadc_ray.data.features import EntityFeatures
-from cadc_ray.models.embeddings import build_id_embedding, pretrained_tensor
+from cadc_ray.models.embeddings import (
+    FrozenIdEmbedding,
+    MappedFrozenIdEmbedding,
+    build_id_embedding,
+    pretrained_tensor,
+)
 from cadc_ray.models.id_tables import (
     RobeArray,
     TableContext,
@@ -84,13 +89,21 @@ def build_two_tower(
     def id_embedding_of(entity: str) -> nn.Module:
         table_config = model_config.id_table.for_entity(entity)
         if not is_compressed(table_config, entity_sizes[entity]):
-            return build_id_embedding(
+            module = build_id_embedding(
                 integration,
                 entity_sizes[entity],
                 model_config.embedding_dim,
                 tables[entity],
                 model_config.adapter_hidden,
             )
+            if model_config.frozen_rows == "raw":
+                return module
+            if not isinstance(module, FrozenIdEmbedding):
+                raise ValueError(
+                    f"model.frozen_rows {model_config.frozen_rows!r} needs frozen full rows "
+                    f"(init_frz, residual), got integration {integration!r}"
+                )
+            return MappedFrozenIdEmbedding(module.frozen_weight, model_config.frozen_rows)
         pretrained_rows = tables[entity]
         context = TableContext(
             config=table_config,

@@ -103,6 +103,68 @@ class FrozenIdEmbedding(nn.Module):
         return F.embedding(ids, self.frozen_weight)
 
 
+FROZEN_ROW_MAPS = ("raw", "standardized", "whitened")
+"""``model.frozen_rows``: what the towers of ``init_frz`` / ``residual`` read of the rows."""
+
+
+def frozen_row_map(
+    table: torch.Tensor, kind: str, max_rows: int = 200_000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed affine map ``x -> (x - mean) @ transform`` fitted on a frozen table's rows.
+
+    ``standardized``: every column to mean 0 and variance 1 (``transform`` diagonal).
+    ``whitened``: ZCA, ``transform = Cov^(-1/2)``: mean 0, identity covariance, the
+    columns as close to the originals as whitening allows. A column that is constant (the
+    ALS rows' zero bias column) stays 0. At most ``max_rows`` evenly spaced rows are used.
+    Returns (mean (w,), transform (w, w)) float32.
+    """
+    if kind not in ("standardized", "whitened"):
+        raise ValueError(f"frozen row map must be standardized or whitened, got {kind!r}")
+    step = max(1, table.shape[0] // max_rows)
+    rows = table[::step].to(torch.float64)
+    mean = rows.mean(dim=0)
+    centered = rows - mean
+    if kind == "standardized":
+        std = centered.pow(2).mean(dim=0).sqrt()
+        scale = torch.where(std > 1e-12, 1.0 / std.clamp(min=1e-12), torch.zeros_like(std))
+        transform = torch.diag(scale)
+    else:
+        covariance = centered.T @ centered / max(rows.shape[0] - 1, 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        floor = 1e-9 * float(eigenvalues.max().clamp(min=1e-30))
+        # Directions without variance (a constant column) map to 0 instead of blowing up.
+        inverse_root = torch.where(
+            eigenvalues > floor, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues)
+        )
+        transform = eigenvectors @ torch.diag(inverse_root) @ eigenvectors.T
+    return mean.to(torch.float32), transform.to(torch.float32)
+
+
+class MappedFrozenIdEmbedding(FrozenIdEmbedding):
+    """Frozen rows read through a fixed affine map (``model.frozen_rows``).
+
+    The map is fitted once on the table (``frozen_row_map``) and never trains: an affine
+    map the towers' first ``Linear`` could learn, given to it so that every input column
+    starts on the same scale. ``frozen_weight`` stays the teacher's own rows (``residual``'s
+    teacher reads them, not this module's output).
+    """
+
+    row_mean: torch.Tensor
+    row_transform: torch.Tensor
+
+    def __init__(self, pretrained: torch.Tensor, kind: str):
+        super().__init__(pretrained)
+        mean, transform = frozen_row_map(pretrained, kind)
+        self.kind = kind
+        # Recomputed from the table on every build: not stored in checkpoints.
+        self.register_buffer("row_mean", mean, persistent=False)
+        self.register_buffer("row_transform", transform, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B,) int64 -> (B, d+1) mapped rows."""
+        return (super().forward(ids) - self.row_mean) @ self.row_transform
+
+
 def hybrid_frozen_columns(pretrained_width: int, embedding_dim: int) -> torch.Tensor:
     """Which MF columns feed the frozen 2/3 of a ``hybrid`` vector.
 

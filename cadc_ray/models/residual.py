@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from cadc_ray.models.embeddings import FrozenIdEmbedding
 from cadc_ray.models.pretrained import (
@@ -38,6 +39,12 @@ from cadc_ray.models.two_tower import Tower, TwoTower
 
 SCORABLE_PRETRAINERS = ("mf", "als")
 """Teachers whose exported rows are a full scorer (``mf_mlp``'s are not)."""
+
+
+def _teacher_rows(rows: FrozenIdEmbedding, ids: torch.Tensor) -> torch.Tensor:
+    """The teacher's own rows of ``ids``: the table itself, whatever map the towers read it
+    through (``model.frozen_rows``, ``embeddings.MappedFrozenIdEmbedding``)."""
+    return F.embedding(ids, rows.frozen_weight)
 
 
 class TeacherLogits(nn.Module):
@@ -78,19 +85,27 @@ class TeacherLogits(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (B,), items (B,) int64 -> logits (B,); or items (B, M) -> logits (B, M)."""
         if items.ndim == 2:
-            user_rows = self.user_rows(users).unsqueeze(1).expand(-1, items.shape[1], -1)
+            user_rows = (
+                _teacher_rows(self.user_rows, users).unsqueeze(1).expand(-1, items.shape[1], -1)
+            )
             raw = teacher_pair_logits(
                 user_rows.reshape(items.numel(), -1),  # (B*M, d+1)
-                self.item_rows(items.reshape(-1)),  # (B*M, d+1)
+                _teacher_rows(self.item_rows, items.reshape(-1)),  # (B*M, d+1)
                 self.pretrainer,
             ).view(items.shape)
         else:
-            raw = teacher_pair_logits(self.user_rows(users), self.item_rows(items), self.pretrainer)
+            raw = teacher_pair_logits(
+                _teacher_rows(self.user_rows, users),
+                _teacher_rows(self.item_rows, items),
+                self.pretrainer,
+            )
         return self.log_scale.exp() * raw + self.offset
 
     def user_factors(self, users: torch.Tensor) -> torch.Tensor:
         """users (B,) -> (B, w + 1): ``user_factors(u) @ item_factors().T`` is the logit."""
-        scaled = self.log_scale.exp() * teacher_user_factors(self.user_rows(users), self.pretrainer)
+        scaled = self.log_scale.exp() * teacher_user_factors(
+            _teacher_rows(self.user_rows, users), self.pretrainer
+        )
         return torch.cat([scaled, self.offset.expand(users.shape[0], 1)], dim=1)
 
     def item_factors(self) -> torch.Tensor:
