@@ -190,7 +190,8 @@ class TrainConfig:
     eval_every: int = 1
     seed: int = 0
     # auto: id tables of >= 10,000 rows are updated row-sparsely (SparseAdam, lazy Adam);
-    # sparse: every trainable id table; dense: Adam over whole tables (training.optim).
+    # sparse: every trainable embedding table, feature tables too; dense: Adam over whole
+    # tables (training.optim).
     id_table_updates: IdTableUpdates = "auto"
 
 
