@@ -155,15 +155,25 @@ def _naive_rank(scores: np.ndarray, heldout: int, masked: set[int]) -> int:
     return order.index(heldout)
 
 
+TIE_USERS, TIE_ITEMS = 40, 12
+
+
+def _tie_heavy_case(
+    seed: int,
+) -> tuple[torch.Tensor, np.ndarray, list[list[int]], np.ndarray, scipy.sparse.csr_matrix]:
+    """Scores in {0, 1, 2, 3} (many ties), held-out items, known rows, validation items."""
+    rng = np.random.default_rng(seed)
+    scores = torch.from_numpy(rng.integers(0, 4, (TIE_USERS, TIE_ITEMS)).astype(np.float32))
+    heldout = rng.integers(0, TIE_ITEMS, TIE_USERS)
+    known_rows = [sorted(set(rng.integers(0, TIE_ITEMS, 4).tolist())) for _ in range(TIE_USERS)]
+    extra = rng.integers(0, TIE_ITEMS, TIE_USERS)
+    return scores, heldout, known_rows, extra, _known(known_rows, TIE_ITEMS)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_ranks_equal_a_naive_stable_sort_with_many_ties(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    num_users, num_items = 40, 12
-    scores = torch.from_numpy(rng.integers(0, 4, (num_users, num_items)).astype(np.float32))
-    heldout = rng.integers(0, num_items, num_users)
-    known_rows = [sorted(set(rng.integers(0, num_items, 4).tolist())) for _ in range(num_users)]
-    extra = rng.integers(0, num_items, num_users)
-    known = _known(known_rows, num_items)
+    scores, heldout, known_rows, extra, known = _tie_heavy_case(seed)
+    num_users = TIE_USERS
     ks = (1, 3, 5)
     metrics = evaluate_full_ranking(
         lambda users: scores[users], np.arange(num_users), heldout, known, ks, 7, extra
@@ -186,13 +196,8 @@ def test_cpu_chunks_cap_the_score_cells_and_rank_as_one_batch(
     the known positives and validation masks of each chunk's own users."""
     import cadc_ray.evaluation as evaluation
 
-    rng = np.random.default_rng(3)
-    num_users, num_items = 40, 12
-    scores = torch.from_numpy(rng.integers(0, 4, (num_users, num_items)).astype(np.float32))
-    heldout = rng.integers(0, num_items, num_users)
-    known_rows = [sorted(set(rng.integers(0, num_items, 4).tolist())) for _ in range(num_users)]
-    extra = rng.integers(0, num_items, num_users)
-    known = _known(known_rows, num_items)
+    scores, heldout, _known_rows, extra, known = _tie_heavy_case(3)
+    num_users, num_items = TIE_USERS, TIE_ITEMS
     batch_sizes: list[int] = []
 
     def scorer(users: torch.Tensor) -> torch.Tensor:

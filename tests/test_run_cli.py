@@ -37,30 +37,29 @@ def test_unknown_key_exits_2_naming_the_key(
     assert "config error" in error and "train.epochz: unknown key" in error and config in error
 
 
-def test_bad_override_type_exits_2(
-    tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("config_text", "override", "message"),
+    [
+        ("method: cadc\n", "train.epochs=many", "train.epochs: expected an integer, got 'many'"),
+        ("method: cadc\n", "eval.validation_users=0", "eval.validation_users: must be >= 1"),
+        (
+            "method: gs\ntrain:\n  weight_decay: 0.001\n",
+            "train.id_table_updates=sparse",
+            "train.id_table_updates: 'sparse' (torch.optim.SparseAdam) has no weight decay",
+        ),
+    ],
+)
+def test_a_bad_override_exits_2_naming_the_key(
+    tmp_path: Path,
+    no_ray: None,
+    capsys: pytest.CaptureFixture[str],
+    config_text: str,
+    override: str,
+    message: str,
 ) -> None:
-    config = _write(tmp_path, "method: cadc\n")
-    assert run.main([config, "--set", "train.epochs=many"]) == 2
-    assert "train.epochs: expected an integer, got 'many'" in capsys.readouterr().err
-
-
-def test_an_empty_validation_sample_exits_2(
-    tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = _write(tmp_path, "method: cadc\n")
-    assert run.main([config, "--set", "eval.validation_users=0"]) == 2
-    assert "eval.validation_users: must be >= 1" in capsys.readouterr().err
-
-
-def test_sparse_id_tables_with_weight_decay_exit_2(
-    tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = _write(tmp_path, "method: gs\ntrain:\n  weight_decay: 0.001\n")
-    assert run.main([config, "--set", "train.id_table_updates=sparse"]) == 2
-    assert "train.id_table_updates: 'sparse' (torch.optim.SparseAdam) has no weight decay" in (
-        capsys.readouterr().err
-    )
+    config = _write(tmp_path, config_text)
+    assert run.main([config, "--set", override]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_cross_field_error_and_missing_file_exit_2(
