@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -163,6 +164,40 @@ def bench_size(
         "split_partitions": split.summary()["num_partitions"],
         "disk_bytes_prepared_split_sample": disk,
         "stages": [prepare_record, split_record, sample_record, positives_record],
+    }
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout the script runs from, marked when tracked files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head} (uncommitted changes)" if dirty else head
+
+
+def torch_bench_header(benchmark: str, load_before: tuple[float, ...]) -> dict[str, Any]:
+    """What a single-process torch benchmark's JSON opens with: name, commit, date, machine,
+    torch, and the load average before (given, taken before the work) and now."""
+    import torch
+
+    return {
+        "benchmark": benchmark,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
     }
 
 

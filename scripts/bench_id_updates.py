@@ -23,12 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import torch_bench_header
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
@@ -115,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode, result in results.items():
         print(f"{mode}: {result}")
     report = {
-        "benchmark": "bench_id_updates",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
+        **torch_bench_header("bench_id_updates", load_before),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows_per_pass": rows,
         "results": results,

@@ -23,8 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
+
+# The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import torch_bench_header
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
@@ -41,13 +44,6 @@ from cadc_ray.models.pretrained import PretrainedTables, teacher_scorer
 
 REPO = Path(__file__).resolve().parents[1]
 RANKING_CUTOFFS = (10, 10_000)
-
-
-def _commit() -> str:
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    return result.stdout.strip() or "unknown"
 
 
 def _known_positives(
@@ -143,13 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {result}")
 
     report = {
-        "benchmark": "bench_ranking",
-        "commit": _commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
+        **torch_bench_header("bench_ranking", load_before),
         "threads": args.threads,
         "shape": {
             "num_users": args.num_users,

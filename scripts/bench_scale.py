@@ -44,7 +44,6 @@ import math
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,7 @@ import numpy as np
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import _stage, machine_info
+from bench_data import _stage, git_commit, machine_info
 from bench_mf import bench_mf
 
 from cadc_ray.atomic import write_atomic, write_text_atomic
@@ -696,23 +695,6 @@ def bench_rows(
 def plain_number(value: Any) -> Any:
     """``json.dumps``' fallback: numpy scalars as Python numbers, anything else as text."""
     return value.item() if isinstance(value, np.generic) else str(value)
-
-
-def git_commit() -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{head} (uncommitted changes)" if dirty else head
 
 
 def main(argv: list[str] | None = None) -> int:
