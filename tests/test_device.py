@@ -313,3 +313,18 @@ def test_gpu_check_stops_with_a_clear_message_when_no_gpu_is_visible(tmp_path: P
     assert "Nothing was run." in done.stderr
     assert not out.exists()
     assert not workdir.exists()
+
+
+def test_sparse_gradients_need_gloo_when_there_is_a_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed
+
+    from cadc_ray.runtime.device import sparse_gradients_all_reduce
+
+    assert sparse_gradients_all_reduce(1)  # nothing to reduce
+    assert sparse_gradients_all_reduce(2)  # no process group in this process: not reduced
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
+    assert sparse_gradients_all_reduce(2)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "nccl")
+    assert not sparse_gradients_all_reduce(2)
+    assert sparse_gradients_all_reduce(1)
