@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from cadc_ray.data import (
 )
 from cadc_ray.data.layout import INTERACTION_SCHEMA, interactions_dir
 from cadc_ray.data.sampling import splitmix64
-from cadc_ray.data.split import split_user_range, user_range_of
+from cadc_ray.data.split import check_split_counts, split_user_range, user_range_of
 
 
 def test_roles_by_hand() -> None:
@@ -217,6 +218,50 @@ def test_split_is_the_same_for_any_number_of_user_ranges(
         assert validation.equals(expected[1]) and test.equals(expected[2])
         assert known == expected[3]
         assert len(list(other.train_dir.glob("*.parquet"))) == ranges
+
+
+def _held_out(users: list[int]) -> pa.Table:
+    return pa.table({"user_id": pa.array(users, pa.int64())})
+
+
+def test_split_counts_accept_one_row_per_user_and_every_other_row_in_d_full() -> None:
+    # 10 interactions, 3 evaluated users: 6 held out, 4 in D_full.
+    check_split_counts(Path("p"), _held_out([0, 2, 5]), _held_out([0, 2, 5]), 4, 10)
+
+
+@pytest.mark.parametrize(
+    ("validation", "test", "num_train", "message"),
+    [
+        ([0, 2, 2], [0, 2, 5], 4, "two validation rows for one user (user_id 2)"),
+        ([0, 2, 5], [0, 5, 2], 4, "two test rows for one user (user_id 2)"),
+        ([0, 2], [0, 2, 5], 4, "2 validation rows but 3 test rows"),
+        ([0, 2, 5], [0, 2, 5], 5, "wrote 5 D_full rows, expected 4 (10 interactions, 3 evaluated"),
+    ],
+)
+def test_split_counts_name_what_does_not_add_up(
+    validation: list[int], test: list[int], num_train: int, message: str
+) -> None:
+    with pytest.raises(DataError, match=re.escape(message)):
+        check_split_counts(Path("p"), _held_out(validation), _held_out(test), num_train, 10)
+
+
+@pytest.mark.ray
+def test_a_stray_shard_fails_the_split_and_leaves_no_split_behind(
+    prepared_split: tuple[Path, SplitPaths], tmp_path: Path
+) -> None:
+    """A shard copied twice into the interactions folder breaks the row count: no split."""
+    import shutil
+
+    prepared, _ = prepared_split
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy, ignore=shutil.ignore_patterns("split"))
+    first = sorted(interactions_dir(copy).glob("*.parquet"))[0]
+    shutil.copy(first, first.with_name("stray-copy.parquet"))
+    with pytest.raises(DataError, match=r"split wrote \d+ D_full rows, expected \d+"):
+        materialize_split(copy, num_partitions=2)
+    assert sorted(path.name for path in copy.iterdir()) == sorted(
+        path.name for path in prepared.iterdir() if path.name != "split"
+    )
 
 
 @pytest.mark.ray

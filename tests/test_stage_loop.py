@@ -8,6 +8,7 @@ memory). Fast: no Ray, a few seconds in all.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +224,33 @@ def test_a_resumed_stage_ends_exactly_like_the_uninterrupted_one(tiny: TinyInter
     ]
     assert resumed["test"] == whole["test"]
     assert resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_a_checkpoint_with_other_optimizers_is_refused_on_resume(
+    tiny: TinyInteractions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same config, other optimizers: ``auto`` chose row-sparse tables for the checkpoint's
+    run (gloo) but not for the resumed one (an NCCL group cannot all-reduce sparse
+    gradients). Loading Adam state into the wrong optimizer set must fail, naming both."""
+    import cadc_ray.runtime.device
+    import cadc_ray.training.optim
+
+    monkeypatch.setattr(cadc_ray.training.optim, "SPARSE_UPDATE_ROWS", 100)  # 150 users: sparse
+    config = _config("gs", train={"epochs": 2, "id_table_updates": "auto"})
+    _, reports = _train_ttnn(config, tiny, None)
+    checkpoint = reports.states[0]
+    assert sorted(checkpoint["optimizers"]) == ["adam", "sparse_adam"]
+    monkeypatch.setattr(
+        cadc_ray.runtime.device, "sparse_gradients_all_reduce", lambda world_size: False
+    )
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "checkpoint optimizers ['adam', 'sparse_adam'] do not match this run's ['adam']: "
+            "train.id_table_updates: auto chose row-sparse tables by the worker group"
+        ),
+    ):
+        _train_ttnn(config, tiny, None, resume_from=checkpoint)
 
 
 def test_residual_keeps_the_teacher_when_training_never_beats_it(tiny: TinyInteractions) -> None:

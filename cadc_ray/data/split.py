@@ -175,6 +175,35 @@ def _split_range_folder(folder: str, train_path: str, num_items: int) -> RangeSp
     return known
 
 
+def check_split_counts(
+    prepared: Path, validation: pa.Table, test: pa.Table, num_train: int, num_interactions: int
+) -> None:
+    """Fails loudly when the ranges' results do not add up to one split of the dataset.
+
+    Each held-out table must hold at most one row per user, in user order (a user whose rows
+    landed in two ranges would appear twice), and D_full must hold every interaction but
+    the two held out per evaluated user (a shard lost or read twice would break it).
+    """
+    for name, table in (("validation", validation), ("test", test)):
+        users = table.column("user_id").to_numpy()
+        if len(users) > 1 and (np.diff(users) <= 0).any():
+            repeated = users[1:][np.diff(users) <= 0][0]
+            raise DataError(
+                f"{prepared}: split produced two {name} rows for one user (user_id {repeated})"
+            )
+    if validation.num_rows != test.num_rows:
+        raise DataError(
+            f"{prepared}: split produced {validation.num_rows} validation rows but "
+            f"{test.num_rows} test rows (one each per evaluated user)"
+        )
+    expected = num_interactions - 2 * test.num_rows
+    if num_train != expected:
+        raise DataError(
+            f"{prepared}: split wrote {num_train} D_full rows, expected {expected} "
+            f"({num_interactions} interactions, {test.num_rows} evaluated users)"
+        )
+
+
 def materialize_split(prepared: Path | str, *, num_partitions: int | None = None) -> SplitPaths:
     """The split of a prepared dataset, computed with Ray on first use, then reused.
 
@@ -241,20 +270,10 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
         shutil.rmtree(by_range)
         validation = pa.concat_tables(held_out["validation"])  # ranges >= 1: never empty
         test = pa.concat_tables(held_out["test"])
-        for name, table in (("validation", validation), ("test", test)):
-            users = table.column("user_id").to_numpy()
-            if len(users) > 1 and (np.diff(users) <= 0).any():
-                # Would mean a user's rows landed in two ranges: fail loudly.
-                raise DataError(f"{prepared}: split produced two {name} rows for one user")
+        check_split_counts(prepared, validation, test, num_train, manifest.num_interactions)
         pq.write_table(validation, temp_paths.val_path)
         pq.write_table(test, temp_paths.test_path)
         num_evaluated = test.num_rows
-        if num_train != manifest.num_interactions - 2 * num_evaluated:
-            raise DataError(
-                f"{prepared}: split wrote {num_train} D_full rows, expected "
-                f"{manifest.num_interactions - 2 * num_evaluated} "
-                f"({manifest.num_interactions} interactions, {num_evaluated} evaluated users)"
-            )
         summary = {
             "num_train": num_train,
             "num_evaluated_users": num_evaluated,

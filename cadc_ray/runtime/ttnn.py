@@ -265,7 +265,9 @@ class TTNNStage:
         if set(saved) != set(self.optimizers):
             raise ValueError(
                 f"checkpoint optimizers {sorted(saved)} do not match this run's "
-                f"{sorted(self.optimizers)} (train.id_table_updates changed?)"
+                f"{sorted(self.optimizers)}: train.id_table_updates: auto chose row-sparse "
+                "tables by the worker group (NCCL has no sparse all-reduce); resume on the "
+                "same kind of group, or start a new run"
             )
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(saved[name])
