@@ -30,7 +30,12 @@ from cadc_ray.data import (
 )
 from cadc_ray.data.layout import INTERACTION_SCHEMA, interactions_dir
 from cadc_ray.data.sampling import splitmix64
-from cadc_ray.data.split import check_split_counts, split_user_range, user_range_of
+from cadc_ray.data.split import (
+    check_split_counts,
+    distinct_sorted,
+    split_user_range,
+    user_range_of,
+)
 
 
 def test_roles_by_hand() -> None:
@@ -218,6 +223,13 @@ def test_split_is_the_same_for_any_number_of_user_ranges(
         assert validation.equals(expected[1]) and test.equals(expected[2])
         assert known == expected[3]
         assert len(list(other.train_dir.glob("*.parquet"))) == ranges
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**40), max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_distinct_sorted_is_np_unique(values: list[int]) -> None:
+    keys = np.array(values, dtype=np.int64)
+    np.testing.assert_array_equal(distinct_sorted(keys.copy()), np.unique(keys))
 
 
 def _held_out(users: list[int]) -> pa.Table:

@@ -199,7 +199,9 @@ def test_counting_a_folder_batch_by_batch_matches_bincount(tmp_path: Path) -> No
     assert counts.rows == expected.rows == 6
     assert counts.users.tolist() == expected.users.tolist() == [3, 2, 1, 0]
     assert counts.items.tolist() == expected.items.tolist() == [2, 2, 2]
-    with pytest.raises(DataError, match=r"train: item_id out of range \[0, 2\) \(min 0, max 2\)"):
+    with pytest.raises(
+        DataError, match=r"train/a\.parquet: item_id out of range \[0, 2\) \(min 0, max 2\)"
+    ):
         count_interactions(folder, num_users=4, num_items=2)
 
 
@@ -228,10 +230,13 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
 ) -> None:
     """``stream``: a Ray Data dataset for Train to split (its split is ``equal=True``),
     order preserved for one worker only, the folder kept for counting."""
+    import ray.data
     from ray.train import DataConfig
 
     from cadc_ray.config import ExperimentConfig
-    from cadc_ray.runtime.ingest import training_input
+    from cadc_ray.runtime.ingest import STREAM_BLOCK_BYTES, training_input
+
+    driver_block_bytes = ray.data.DataContext.get_current().target_max_block_size
 
     folder = tmp_path / "train"
     _write_pairs(folder, {"a.parquet": [(0, 1), (1, 2), (2, 0)]})
@@ -245,3 +250,7 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
         assert options.preserve_order is ordered
         assert training.loop_entries["ingest"] == "stream"
         assert training.loop_entries["train_folder"] == str(folder.resolve())
+        # Small blocks for this dataset only: the driver's other Ray Data work keeps its own.
+        assert training.datasets["train"].context.target_max_block_size == STREAM_BLOCK_BYTES
+        assert ray.data.DataContext.get_current().target_max_block_size == driver_block_bytes
+    assert driver_block_bytes != STREAM_BLOCK_BYTES

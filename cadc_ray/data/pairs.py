@@ -42,8 +42,11 @@ def read_pairs(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-COUNT_BATCH_ROWS = 1 << 20
-"""Rows per record batch when counting: memory stays O(ids + batch), not O(rows)."""
+COUNT_BATCH_ROWS = 1 << 16
+"""Rows per record batch when counting: memory stays O(ids + batch), not O(rows). Files are
+read one at a time, without read-ahead: pyarrow's dataset scanner reads ahead several files
+and batches, which on a streaming worker at 10^7 rows added 138 MiB of anonymous memory
+against 49 MiB this way (same counts, same seconds; docs/scale.md, "Streaming memory")."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,15 @@ def count_interactions(path: Path | str, num_users: int, num_items: int) -> Inte
     users = np.zeros(num_users, dtype=np.int64)
     items = np.zeros(num_items, dtype=np.int64)
     rows = 0
-    dataset = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."])
-    for batch in dataset.to_batches(columns=["user_id", "item_id"], batch_size=COUNT_BATCH_ROWS):
-        users += _bincount(batch.column("user_id").to_numpy(), num_users, "user_id", path)
-        items += _bincount(batch.column("item_id").to_numpy(), num_items, "item_id", path)
-        rows += batch.num_rows
+    files = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."]).files
+    for file in sorted(files):
+        batches = pq.ParquetFile(file, pre_buffer=False).iter_batches(
+            batch_size=COUNT_BATCH_ROWS, columns=["user_id", "item_id"], use_threads=False
+        )
+        for batch in batches:
+            users += _bincount(batch.column("user_id").to_numpy(), num_users, "user_id", file)
+            items += _bincount(batch.column("item_id").to_numpy(), num_items, "item_id", file)
+            rows += batch.num_rows
     return InteractionCounts(rows=rows, users=users, items=items)
 
 

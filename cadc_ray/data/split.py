@@ -114,6 +114,21 @@ def user_range_of(user_id: np.ndarray, num_users: int, num_ranges: int) -> np.nd
     return (np.asarray(user_id, dtype=np.int64) * num_ranges // num_users).astype(np.int32)
 
 
+def distinct_sorted(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of ``keys (N,)``, ascending; sorts ``keys`` in place.
+
+    What ``np.unique`` returns, at a sort's cost: numpy 2's ``np.unique`` hashes first and
+    took 0.25 s of a range task's 0.55 s on 0.9 M pairs, against 0.06 s for this.
+    """
+    keys.sort()
+    if keys.size == 0:
+        return keys
+    first = np.empty(keys.size, dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
+
+
 @dataclass(frozen=True)
 class RangeSplit:
     """What one user range gives back to the driver (its D_full shard is already written).
@@ -147,8 +162,7 @@ def split_user_range(table: pa.Table, num_items: int) -> tuple[pa.Table, RangeSp
             table.filter(pa.array(roles == role)).select(list(HELDOUT_COLUMNS)).sort_by("user_id")
         )
 
-    # Distinct (user, item) pairs in (user, item) order, as one int64 key each.
-    keys = np.unique(
+    keys = distinct_sorted(
         train.column("user_id").to_numpy() * np.int64(num_items)
         + train.column("item_id").to_numpy()
     )
@@ -241,6 +255,7 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
             .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)
             .write_parquet(str(by_range), partition_cols=[RANGE_COLUMN])
         )
+        by_range_seconds = time.perf_counter() - started
         # Pass 2: one task per range, all submitted; results consumed in range order.
         temp_paths.train_dir.mkdir()
         split_range = ray.remote(num_cpus=1)(_split_range_folder)
@@ -283,6 +298,9 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
             "has_timestamp": manifest.has_timestamp,
             "num_partitions": ranges,
             "seconds": round(time.perf_counter() - started, 3),
+            # Pass 1 (Ray Data: read, tag, write by range) and the rest (the range tasks,
+            # the known-positives index, the held-out files).
+            "by_range_seconds": round(by_range_seconds, 3),
         }
         (temp / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         (temp / SUCCESS_MARKER).write_text("", encoding="utf-8")
