@@ -88,7 +88,7 @@ def prepare_data(config: ExperimentConfig) -> tuple[Path, Manifest]:
 
 def split_dataset(prepared: Path, manifest: Manifest) -> DatasetInputs:
     """The prepared dataset with its leave-last-two-out split, materialized once and
-    reused after (a Ray Data job: needs a running Ray)."""
+    reused after (above 2 M interactions a Ray Data job: needs a running Ray)."""
     from cadc_ray.data import materialize_split
 
     return DatasetInputs(

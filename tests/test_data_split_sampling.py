@@ -31,6 +31,7 @@ from cadc_ray.data import (
 from cadc_ray.data.layout import INTERACTION_SCHEMA, interactions_dir
 from cadc_ray.data.sampling import splitmix64
 from cadc_ray.data.split import (
+    SplitEngine,
     check_split_counts,
     distinct_sorted,
     split_user_range,
@@ -196,7 +197,8 @@ def test_split_matches_numpy_reference(prepared_split: tuple[Path, SplitPaths]) 
 def test_split_is_the_same_for_any_number_of_user_ranges(
     prepared_split: tuple[Path, SplitPaths], tmp_path: Path
 ) -> None:
-    """1 range (one task sees every user) and 7 give the module's 3-range split exactly."""
+    """1 range (one task sees every user), 7, and the in-process engine give the module's
+    3-range split exactly."""
     import shutil
 
     prepared, three = prepared_split
@@ -213,10 +215,19 @@ def test_split_is_the_same_for_any_number_of_user_ranges(
         )
 
     expected = contents(three)
-    for ranges in (1, 7):
-        copy = tmp_path / f"ranges-{ranges}"
+    engines: tuple[tuple[int, SplitEngine], ...] = (
+        (1, "ray"),
+        (7, "ray"),
+        (1, "local"),
+        (1, "auto"),
+    )
+    for ranges, engine in engines:
+        copy = tmp_path / f"ranges-{ranges}-{engine}"
         shutil.copytree(prepared, copy, ignore=shutil.ignore_patterns("split"))
-        other = materialize_split(copy, num_partitions=ranges)
+        partitions = None if engine != "ray" else ranges
+        other = materialize_split(copy, num_partitions=partitions, engine=engine)
+        # 3,000 interactions: auto splits in this process.
+        assert other.summary()["engine"] == ("local" if engine == "auto" else engine)
         assert other.summary()["num_partitions"] == ranges
         train_rows, validation, test, known = contents(other)
         assert train_rows == expected[0]
@@ -269,11 +280,13 @@ def test_a_stray_shard_fails_the_split_and_leaves_no_split_behind(
     shutil.copytree(prepared, copy, ignore=shutil.ignore_patterns("split"))
     first = sorted(interactions_dir(copy).glob("*.parquet"))[0]
     shutil.copy(first, first.with_name("stray-copy.parquet"))
-    with pytest.raises(DataError, match=r"split wrote \d+ D_full rows, expected \d+"):
-        materialize_split(copy, num_partitions=2)
-    assert sorted(path.name for path in copy.iterdir()) == sorted(
-        path.name for path in prepared.iterdir() if path.name != "split"
-    )
+    local_or_ray: tuple[SplitEngine, ...] = ("ray", "local")
+    for engine in local_or_ray:
+        with pytest.raises(DataError, match=r"split wrote \d+ D_full rows, expected \d+"):
+            materialize_split(copy, num_partitions=2 if engine == "ray" else None, engine=engine)
+        assert sorted(path.name for path in copy.iterdir()) == sorted(
+            path.name for path in prepared.iterdir() if path.name != "split"
+        )
 
 
 @pytest.mark.ray

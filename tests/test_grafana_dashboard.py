@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_script
 
 from cadc_ray.runtime import metrics
 
@@ -70,3 +72,25 @@ def test_every_panel_queries_an_exported_metric_with_known_labels(
     assert len(panel_ids) == len(set(panel_ids))
     for variable in dashboard["templating"]["list"][1:]:
         assert set(re.findall(r"\bray_[a-z0-9_]+", variable["definition"])) <= exported
+
+
+def test_the_screenshot_script_draws_each_panel_query_with_every_stage_and_run() -> None:
+    """``scripts/dashboard_screenshots.py`` stands in for Grafana with Prometheus' graph page:
+    one query per panel target, the dashboard's own, its variables matching everything."""
+    script = load_script("dashboard_screenshots")
+    panel_queries, prometheus_graph_url = script.panel_queries, script.prometheus_graph_url
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries = panel_queries(dashboard)
+    targets = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(queries) == len(targets) == 4
+    for (title, expr), original in zip(queries, targets, strict=True):
+        assert "$" not in expr and title
+        assert expr == original.replace("$stage", ".*").replace("$run", ".*")
+    url = prometheus_graph_url("http://127.0.0.1:9090", 'max(x{run=~".*"})', 30)
+    address, _, query = url.partition("?")
+    assert address == "http://127.0.0.1:9090/graph"
+    assert urllib.parse.parse_qs(query) == {
+        "g0.expr": ['max(x{run=~".*"})'],
+        "g0.tab": ["0"],
+        "g0.range_input": ["30m"],
+    }

@@ -1,11 +1,13 @@
-"""Leave-last-two-out split by time (METHOD 1.1), computed once with Ray, then reused.
+"""Leave-last-two-out split by time (METHOD 1.1), computed once, then reused.
 
 Per user, interactions are ordered by ``(timestamp, row_index)`` (the row index breaks ties
 deterministically and is the time order itself when a dataset has no timestamps); the last
 one is the test item, the one before it the validation item, the rest is ``D_full``. Users
 with fewer than 3 interactions stay wholly in ``D_full`` and are not evaluated.
 
-Two passes, no shuffle service. User ids are dense (``0 .. num_users - 1``), so contiguous
+Up to ``LOCAL_SPLIT_MAX_ROWS`` interactions the calling process splits every user at once
+(``split_user_range``, no Ray). Larger datasets take two passes with Ray, no shuffle
+service. User ids are dense (``0 .. num_users - 1``), so contiguous
 *user ranges* partition the users without sampling or hashing:
 
 1. Ray Data tags each row with its range (``user_id * R // num_users``) and writes the rows
@@ -32,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -218,15 +221,83 @@ def check_split_counts(
         )
 
 
-def materialize_split(prepared: Path | str, *, num_partitions: int | None = None) -> SplitPaths:
-    """The split of a prepared dataset, computed with Ray on first use, then reused.
-
-    Needs a running Ray (``ray.init``). ``num_partitions`` user ranges; by default one per
-    ``ROWS_PER_RANGE`` rows (at least 2, so that two tasks share the work).
-    """
+def _split_with_ray(
+    prepared: Path, temp: Path, ranges: int, num_users: int, num_items: int
+) -> tuple[pa.Table, pa.Table, int, float]:
+    """Ray's two passes into the split folder ``temp`` (its ``train`` and ``known`` folders
+    exist): D_full shards and the known-positives index written; returns the validation and
+    test tables, the D_full row count and pass 1's seconds."""
     import ray
     import ray.data  # local: the rest of the data layer runs without Ray
 
+    started = time.perf_counter()
+    by_range = temp / "by_range"
+
+    def tag_range(batch: pa.Table) -> pa.Table:
+        users = batch.column("user_id").to_numpy()
+        return batch.append_column(RANGE_COLUMN, pa.array(user_range_of(users, num_users, ranges)))
+
+    # Pass 1: every read block writes its rows under user_range=k/ (no shuffle).
+    (
+        ray.data.read_parquet(str(interactions_dir(prepared)))
+        .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)
+        .write_parquet(str(by_range), partition_cols=[RANGE_COLUMN])
+    )
+    by_range_seconds = time.perf_counter() - started
+    # Pass 2: one task per range, all submitted; results consumed in range order.
+    split_range = ray.remote(num_cpus=1)(_split_range_folder)
+    pending = [
+        split_range.remote(
+            str(by_range / f"{RANGE_COLUMN}={k}"),
+            str(temp / "train" / f"part-{k:05d}.parquet"),
+            num_items,
+        )
+        for k in range(ranges)
+    ]
+    held_out: dict[str, list[pa.Table]] = {"validation": [], "test": []}
+    num_train = 0
+
+    def known_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        nonlocal num_train
+        for ref in pending:
+            result: RangeSplit = ray.get(ref)
+            held_out["validation"].append(result.validation)
+            held_out["test"].append(result.test)
+            num_train += result.train_rows
+            yield result.known_users, result.known_items
+
+    # Per-user D_full positives for evaluation masks, inside the same atomic folder.
+    write_known_index(temp / KNOWN_DIR, known_batches(), num_users, num_items)
+    shutil.rmtree(by_range)
+    validation = pa.concat_tables(held_out["validation"])  # ranges >= 1: never empty
+    test = pa.concat_tables(held_out["test"])
+    return validation, test, num_train, by_range_seconds
+
+
+LOCAL_SPLIT_MAX_ROWS = 2_000_000
+"""``materialize_split`` splits datasets of at most this many interactions in the calling
+process (one "range": every user), without Ray: a Ray Data job costs about 4.5 s before its
+first row (fitted over 10^6 and 10^7 rows), while one process splits 10^6 rows in 0.3 s
+(docs/results.md, "Scale"). Larger datasets go through Ray's two passes."""
+
+SplitEngine = Literal["auto", "ray", "local"]
+
+
+def materialize_split(
+    prepared: Path | str,
+    *,
+    num_partitions: int | None = None,
+    engine: SplitEngine = "auto",
+) -> SplitPaths:
+    """The split of a prepared dataset, computed on first use, then reused.
+
+    ``engine``: ``ray`` (needs a running Ray: ``ray.init``) runs the two passes above over
+    ``num_partitions`` user ranges (by default one per ``ROWS_PER_RANGE`` rows, at least 2,
+    so that two tasks share the work); ``local`` computes the same split in this process
+    (``split_user_range`` over every user at once); ``auto`` is ``local`` up to
+    ``LOCAL_SPLIT_MAX_ROWS`` interactions when ``num_partitions`` is not given, else ``ray``.
+    Every engine and range count gives the same files' contents (tested).
+    """
     prepared = Path(prepared).resolve()  # handed to Ray tasks: absolute
     manifest = Manifest.load(prepared)
     paths = SplitPaths.under(prepared / SPLIT_DIR)
@@ -235,56 +306,37 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
         return paths
     if paths.root.exists():  # a crashed earlier attempt (no marker): start over
         shutil.rmtree(paths.root)
+    if engine not in ("auto", "ray", "local"):
+        raise ValueError(f"split engine must be auto, ray or local, got {engine!r}")
+    if engine == "auto":
+        small = manifest.num_interactions <= LOCAL_SPLIT_MAX_ROWS
+        engine = "local" if small and num_partitions is None else "ray"
     started = time.perf_counter()
     num_users, num_items = manifest.num_users, manifest.num_items
-    ranges = num_partitions or max(2, -(-manifest.num_interactions // ROWS_PER_RANGE))
-    ranges = max(1, min(ranges, num_users))
     with atomic_directory(paths.root) as temp:
         temp_paths = SplitPaths.under(temp)
-        by_range = temp / "by_range"
-
-        def tag_range(batch: pa.Table) -> pa.Table:
-            users = batch.column("user_id").to_numpy()
-            return batch.append_column(
-                RANGE_COLUMN, pa.array(user_range_of(users, num_users, ranges))
-            )
-
-        # Pass 1: every read block writes its rows under user_range=k/ (no shuffle).
-        (
-            ray.data.read_parquet(str(interactions_dir(prepared)))
-            .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)
-            .write_parquet(str(by_range), partition_cols=[RANGE_COLUMN])
-        )
-        by_range_seconds = time.perf_counter() - started
-        # Pass 2: one task per range, all submitted; results consumed in range order.
         temp_paths.train_dir.mkdir()
-        split_range = ray.remote(num_cpus=1)(_split_range_folder)
-        pending = [
-            split_range.remote(
-                str(by_range / f"{RANGE_COLUMN}={k}"),
-                str(temp_paths.train_dir / f"part-{k:05d}.parquet"),
+        (temp / KNOWN_DIR).mkdir()
+        if engine == "local":
+            ranges, by_range_seconds = 1, 0.0
+            result = _split_range_folder(
+                str(interactions_dir(prepared)),
+                str(temp_paths.train_dir / f"part-{0:05d}.parquet"),
                 num_items,
             )
-            for k in range(ranges)
-        ]
-        held_out: dict[str, list[pa.Table]] = {"validation": [], "test": []}
-        num_train = 0
-
-        def known_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            nonlocal num_train
-            for ref in pending:
-                result: RangeSplit = ray.get(ref)
-                held_out["validation"].append(result.validation)
-                held_out["test"].append(result.test)
-                num_train += result.train_rows
-                yield result.known_users, result.known_items
-
-        (temp / KNOWN_DIR).mkdir()
-        # Per-user D_full positives for evaluation masks, inside the same atomic folder.
-        write_known_index(temp / KNOWN_DIR, known_batches(), num_users, num_items)
-        shutil.rmtree(by_range)
-        validation = pa.concat_tables(held_out["validation"])  # ranges >= 1: never empty
-        test = pa.concat_tables(held_out["test"])
+            write_known_index(
+                temp / KNOWN_DIR,
+                [(result.known_users, result.known_items)],
+                num_users,
+                num_items,
+            )
+            validation, test, num_train = result.validation, result.test, result.train_rows
+        else:
+            ranges = num_partitions or max(2, -(-manifest.num_interactions // ROWS_PER_RANGE))
+            ranges = max(1, min(ranges, num_users))
+            validation, test, num_train, by_range_seconds = _split_with_ray(
+                prepared, temp, ranges, num_users, num_items
+            )
         check_split_counts(prepared, validation, test, num_train, manifest.num_interactions)
         pq.write_table(validation, temp_paths.val_path)
         pq.write_table(test, temp_paths.test_path)
@@ -296,10 +348,11 @@ def materialize_split(prepared: Path | str, *, num_partitions: int | None = None
             "num_items": num_items,
             "time_order": manifest.time_order,
             "has_timestamp": manifest.has_timestamp,
+            "engine": engine,
             "num_partitions": ranges,
             "seconds": round(time.perf_counter() - started, 3),
-            # Pass 1 (Ray Data: read, tag, write by range) and the rest (the range tasks,
-            # the known-positives index, the held-out files).
+            # Ray's pass 1 (read, tag, write by range); the rest is the range tasks, the
+            # known-positives index and the held-out files.
             "by_range_seconds": round(by_range_seconds, 3),
         }
         (temp / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
