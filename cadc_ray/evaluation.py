@@ -37,6 +37,15 @@ large catalogue"). With ML-1M's 3,706 items a 1,024-user batch is below this siz
 Accelerators keep ``user_batch_size``: their memory has no such cost.
 """
 
+
+def chunk_users(num_items: int, user_batch_size: int, device: torch.device | str | None) -> int:
+    """Users scored per evaluation chunk: ``user_batch_size``, capped on CPU at
+    ``CPU_CHUNK_CELLS`` score cells (at least one user); accelerators are not capped."""
+    if torch.device(device or "cpu").type != "cpu":
+        return user_batch_size
+    return min(user_batch_size, max(1, CPU_CHUNK_CELLS // max(num_items, 1)))
+
+
 ScoreUsers = Callable[[torch.Tensor], torch.Tensor]
 """users (B,) int64 -> scores (B, num_items); higher is better."""
 
@@ -213,9 +222,7 @@ def full_ranking_sums(
     _validate(users, heldout_items, known_positives, ks, user_batch_size, extra)
     sums = FullRankingSums(ks=ks, hit_sums=dict.fromkeys(ks, 0.0), ndcg_sums=dict.fromkeys(ks, 0.0))
     num_items = known_positives.shape[1]
-    chunk = user_batch_size
-    if torch.device(device or "cpu").type == "cpu":
-        chunk = min(chunk, max(1, CPU_CHUNK_CELLS // max(num_items, 1)))
+    chunk = chunk_users(num_items, user_batch_size, device)
     for start in range(0, users.size, chunk):
         batch_users = users[start : start + chunk]
         rows = _known_rows(known_positives, batch_users)  # (B, I) sparse, only these users

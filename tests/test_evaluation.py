@@ -212,3 +212,14 @@ def test_cpu_chunks_cap_the_score_cells_and_rank_as_one_batch(
     chunked = evaluate_full_ranking(scorer, users, heldout, known, (1, 3), num_users, extra)
     assert batch_sizes == [3] * 13 + [1]
     assert chunked == whole
+
+
+def test_only_cpu_chunks_are_capped_by_score_cells() -> None:
+    """296,277 items (Epinions): 14 users per CPU chunk; a GPU keeps the configured batch."""
+    from cadc_ray.evaluation import CPU_CHUNK_CELLS, chunk_users
+
+    assert CPU_CHUNK_CELLS // 296_277 == 14
+    assert chunk_users(296_277, 1024, "cpu") == chunk_users(296_277, 1024, None) == 14
+    assert chunk_users(296_277, 1024, torch.device("cuda", 0)) == 1024
+    assert chunk_users(3_706, 1024, "cpu") == 1024  # ML-1M: under the cap
+    assert chunk_users(CPU_CHUNK_CELLS * 2, 1024, "cpu") == 1  # never zero users
