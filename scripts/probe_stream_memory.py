@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                     check=True,
                     cwd=REPO,
                 )
-                record = json.loads(child.stdout.strip().splitlines()[-1])
+                # Ray may print after the record: take the record's own line.
+                lines = child.stdout.splitlines()
+                record = json.loads(next(line for line in lines if line.startswith('{"step"')))
                 record["rows_in_folder"] = rows
                 results["runs"].append(record)
                 print(json.dumps(record), flush=True)
