@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cadc_ray.atomic import write_text_atomic
+from cadc_ray.config import DataConfig, SyntheticConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -106,12 +107,28 @@ def _stage(name: str, rows: int, fn: Any) -> tuple[Any, dict[str, Any]]:
     return result, record
 
 
+SHARD_ROWS = 2_000_000  # the synthetic benchmarks' prepared shards: at most this many rows
+
+
+def synthetic_data_config(rows: int, users: int, items: int, workdir: Path) -> DataConfig:
+    """``rows`` synthetic interactions of ``users`` x ``items``, in shards of at most
+    ``SHARD_ROWS`` rows, prepared under ``workdir/synthetic-<rows>``."""
+    return DataConfig(
+        synthetic=SyntheticConfig(
+            num_users=users,
+            num_items=items,
+            num_interactions=rows,
+            shard_rows=min(rows, SHARD_ROWS),
+        ),
+        prepared_dir=str(workdir / f"synthetic-{rows}"),
+    )
+
+
 def bench_size(
     size: int, workdir: Path, num_cpus: int, reuse_prepared: bool = False
 ) -> dict[str, Any]:
     import ray
 
-    from cadc_ray.config import DataConfig, SyntheticConfig
     from cadc_ray.data import (
         Manifest,
         known_positives,
@@ -122,15 +139,7 @@ def bench_size(
 
     num_users = max(1_000, size // 50)
     num_items = min(50_000, max(2_000, size // 500))
-    config = DataConfig(
-        synthetic=SyntheticConfig(
-            num_users=num_users,
-            num_items=num_items,
-            num_interactions=size,
-            shard_rows=min(size, 2_000_000),
-        ),
-        prepared_dir=str(workdir / f"synthetic-{size}"),
-    )
+    config = synthetic_data_config(size, num_users, num_items, workdir)
     if reuse_prepared:
         # Only the split and sample stages are measured; any old split/sample is redone.
         shutil.rmtree(workdir / f"synthetic-{size}" / "split", ignore_errors=True)

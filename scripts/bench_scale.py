@@ -55,7 +55,7 @@ import numpy as np
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import _stage, git_commit, machine_info
+from bench_data import SHARD_ROWS, _stage, git_commit, machine_info
 from bench_mf import bench_mf
 
 from cadc_ray.atomic import write_atomic, write_text_atomic
@@ -360,7 +360,7 @@ def synthetic_shape(rows: int, catalogue: Sequence[int] | None = None) -> dict[s
         "num_users": users,
         "num_items": items,
         "num_interactions": rows,
-        "shard_rows": min(rows, 2_000_000),
+        "shard_rows": min(rows, SHARD_ROWS),
     }
 
 

@@ -8,9 +8,9 @@ shared-memory pages apart):
 
 - ``count``: ``data.count_interactions`` over the training folder (the counts the samplers
   need), against the pyarrow dataset scan it replaced (``count_scanner``);
-- ``stream``: ``iter_torch_batches`` over ``read_parquet`` of the folder with the local
-  shuffle buffer, at the block size the stream now uses (``runtime.ingest.STREAM_BLOCK_BYTES``)
-  and at Ray Data's default (``stream_default_blocks``).
+- ``stream``: ``iter_torch_batches`` with the local shuffle buffer over the dataset a
+  streaming stage gets (``runtime.ingest.training_input``), at the block size it uses
+  (``STREAM_BLOCK_BYTES``) and at Ray Data's default (``stream_default_blocks``).
 
 Data: synthetic, prepared and split by the package, ``--catalogue`` users x items at every
 row count (so only the rows grow). Writes ``--output`` (JSON)::
@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_data import git_commit, synthetic_data_config  # scripts/ is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("count", "count_scanner", "stream", "stream_default_blocks")
 BATCH_ROWS = 8192  # the MF stage's batch
-SHUFFLE_ROWS = 100_000  # resources.shuffle_buffer_rows' default
+SHUFFLE_ROWS = 100_000  # resources.shuffle_buffer_rows' default (checked in run_step)
 
 
 def memory_mib() -> dict[str, int]:
@@ -53,9 +55,11 @@ def run_step(step: str, folder: str, num_users: int, num_items: int) -> dict[str
     import pyarrow.dataset as ds
     import torch
 
+    from cadc_ray.config import ExperimentConfig, ResourcesConfig
     from cadc_ray.data import count_interactions
-    from cadc_ray.runtime.ingest import STREAM_BLOCK_BYTES, STREAMED_COLUMNS
+    from cadc_ray.runtime import ingest
 
+    assert ResourcesConfig().shuffle_buffer_rows == SHUFFLE_ROWS
     # Everything imported before the start is measured: only the step's own memory counts.
     streaming = step.startswith("stream")
     if streaming:
@@ -85,12 +89,15 @@ def run_step(step: str, folder: str, num_users: int, num_items: int) -> dict[str
         for batch in scan.to_batches(columns=["user_id", "item_id"], batch_size=1 << 20):
             users += np.bincount(batch.column("user_id").to_numpy(), minlength=num_users)
             rows += batch.num_rows
-    else:
-        context = ray.data.DataContext.get_current()
-        if step == "stream":
-            context.target_max_block_size = STREAM_BLOCK_BYTES
-        dataset = ray.data.read_parquet(folder, columns=STREAMED_COLUMNS)
-        for batch in dataset.randomize_block_order(seed=0).iter_torch_batches(
+    else:  # the dataset a one-worker streaming stage gets (runtime.ingest.training_input)
+        if step == "stream_default_blocks":
+            default_block_bytes = ray.data.DataContext.get_current().target_max_block_size
+            assert default_block_bytes is not None  # Ray's default: 128 MiB
+            ingest.STREAM_BLOCK_BYTES = default_block_bytes
+        config = ExperimentConfig(resources=ResourcesConfig(num_workers=1, ingest="stream"))
+        datasets = ingest.training_input(config, folder, seed=0).datasets
+        assert datasets is not None
+        for batch in datasets["train"].iter_torch_batches(
             batch_size=BATCH_ROWS,
             dtypes=torch.int64,
             local_shuffle_buffer_size=SHUFFLE_ROWS,
@@ -113,19 +120,9 @@ def prepare(rows: int, users: int, items: int, work: Path) -> str:
     """The split's training folder of ``rows`` synthetic interactions."""
     import ray
 
-    from cadc_ray.config import DataConfig, SyntheticConfig
     from cadc_ray.data import materialize_split, prepare_dataset
 
-    config = DataConfig(
-        synthetic=SyntheticConfig(
-            num_users=users,
-            num_items=items,
-            num_interactions=rows,
-            shard_rows=min(rows, 2_000_000),
-        ),
-        prepared_dir=str(work / f"synthetic-{rows}"),
-    )
-    prepared = prepare_dataset(config, work)
+    prepared = prepare_dataset(synthetic_data_config(rows, users, items, work), work)
     ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         return str(materialize_split(prepared, engine="ray").train_dir)
@@ -145,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.step:  # one measurement, in its own process
         print(json.dumps(run_step(args.step, args.folder, users, items)))
         return 0
-    from bench_data import git_commit  # scripts/ is on sys.path when run as a script
-
     load_before = os.getloadavg()
     results: dict[str, Any] = {
         "benchmark": "probe_stream_memory",
