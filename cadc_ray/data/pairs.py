@@ -45,8 +45,8 @@ def read_pairs(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
 COUNT_BATCH_ROWS = 1 << 16
 """Rows per record batch when counting: memory stays O(ids + batch), not O(rows). Files are
 read one at a time, without read-ahead: pyarrow's dataset scanner reads ahead several files
-and batches, which at 10^7 rows added 204 MiB of anonymous memory to a streaming worker
-against 18 MiB this way (16 MiB at 10^6 rows), for 0.26 s instead of 0.05 s
+and batches, which at 10^7 rows added 206 MiB of anonymous memory to a streaming worker
+against 19 MiB this way (16 MiB at 10^6 rows), for 0.26 s instead of 0.06 s
 (``scripts/probe_stream_memory.py``; docs/scale.md, "Streaming memory")."""
 
 

@@ -241,7 +241,7 @@ def _split_with_ray(
     # Pass 1: every read block writes its rows under user_range=k/ (no shuffle). One read
     # block per range: by default Ray Data packs the shards into 128 MiB read tasks, two
     # for 10^7 rows, and with one CPU in Ray Data's budget they ran one after the other
-    # (pass 1 in 23.7 s, against 7.6 s this way; docs/results.md, "Scale").
+    # (pass 1 in 23.7 s, against 7.2 s this way; docs/results.md, "Scale").
     (
         ray.data.read_parquet(str(interactions_dir(prepared)), override_num_blocks=ranges)
         .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)

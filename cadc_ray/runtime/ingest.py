@@ -47,8 +47,8 @@ STREAMED_COLUMNS = ["user_id", "item_id"]
 STREAM_BLOCK_BYTES = 8 << 20
 """Ray Data's block size target for the streamed training rows (its default is 128 MiB).
 Each block a worker formats into batches and shuffles costs it memory: at 10^7 rows a
-consumer peaked 242 MiB of anonymous memory above its start with the default and 63 MiB
-with 8 MiB blocks, in the same 3.7 s (``scripts/probe_stream_memory.py``; docs/scale.md,
+consumer peaked 239 MiB of anonymous memory above its start with the default (4.1 s) and
+89 MiB with 8 MiB blocks (3.4 s) (``scripts/probe_stream_memory.py``; docs/scale.md,
 "Streaming memory")."""
 
 ResolvedIngest = Literal["memory", "stream"]
