@@ -317,6 +317,61 @@ def test_sample_same_rows_for_any_block_layout(prepared_split: tuple[Path, Split
     assert 0.15 < len(expected) / train.num_rows < 0.35
 
 
+@pytest.mark.ray
+def test_reads_list_the_folder_once_not_at_every_execution(
+    prepared_split: tuple[Path, SplitPaths],
+) -> None:
+    """Every Ray Data read of ours plans a V1 ``Read``: its files and footers are read when
+    the dataset is created. Ray's default reader plans ``ListFiles -> ReadFiles``, which
+    lists the folder on 32 new actors at every execution: every streamed epoch."""
+    from ray.data._internal.logical.operators.read_operator import Read
+
+    from cadc_ray.data.ray_read import read_parquet
+
+    _, split = prepared_split
+    for dataset in (
+        read_parquet(split.train_dir, columns=["user_id"], target_block_bytes=1 << 20),
+        sample_dataset(split, 4.0, 11),
+    ):
+        operators = []
+        operator = dataset._logical_plan.dag
+        while True:
+            operators.append(operator)
+            if not operator.input_dependencies:
+                break
+            operator = operator.input_dependencies[0]
+        assert isinstance(operators[-1], Read), [op.name for op in operators]
+        assert "ListFiles" not in [op.name for op in operators]
+    # The sample folder's _SUCCESS marker is not read as data.
+    path = materialize_sample(split, 4.0, 11)
+    assert (path / "_SUCCESS").is_file()
+    assert read_parquet(path).count() == pq.read_table(path).num_rows
+
+
+@pytest.mark.ray
+def test_a_scoped_data_context_is_restored_and_names_unknown_settings(ray_session: None) -> None:
+    import ray.data
+
+    from cadc_ray.data.ray_read import data_context
+
+    context = ray.data.DataContext.get_current()
+    before = (context.use_datasource_v2, context.target_max_block_size)
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        data_context(use_datasource_v2=not before[0], target_max_block_size=1 << 20),
+    ):
+        assert context.use_datasource_v2 is not before[0]
+        assert context.target_max_block_size == 1 << 20
+        raise RuntimeError("inside")
+    assert (context.use_datasource_v2, context.target_max_block_size) == before
+    with (
+        pytest.raises(AttributeError, match="target_max_block_bytes"),
+        data_context(target_max_block_bytes=1),
+    ):
+        pass
+    assert context.target_max_block_size == before[1]
+
+
 def _write_pairs(path: Path, users: list[int], items: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"user_id": users, "item_id": items}), path)

@@ -72,7 +72,7 @@ def sample_dataset(
 
     ``override_num_blocks`` changes only the read layout, never the sample.
     """
-    import ray.data  # local: the rest of the data layer runs without Ray
+    from cadc_ray.data.ray_read import read_parquet  # imports Ray: the rest runs without it
 
     check_filter_ratio(filter_ratio)
 
@@ -80,9 +80,9 @@ def sample_dataset(
         mask = sample_mask(batch.column("row_index").to_numpy(), filter_ratio, seed)
         return batch.filter(pa.array(mask))
 
-    return ray.data.read_parquet(
-        str(split.train_dir), override_num_blocks=override_num_blocks
-    ).map_batches(keep_sampled, batch_format="pyarrow", zero_copy_batch=True)
+    return read_parquet(split.train_dir, override_num_blocks=override_num_blocks).map_batches(
+        keep_sampled, batch_format="pyarrow", zero_copy_batch=True
+    )
 
 
 def sample_dir(split: SplitPaths, filter_ratio: float, seed: int) -> Path:

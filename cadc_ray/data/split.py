@@ -228,8 +228,9 @@ def _split_with_ray(
     """Ray's two passes into the split folder ``temp`` (its ``train`` and ``known`` folders
     exist): D_full shards and the known-positives index written; returns the validation and
     test tables, the D_full row count and pass 1's seconds."""
-    import ray
-    import ray.data  # local: the rest of the data layer runs without Ray
+    import ray  # local: the rest of the data layer runs without Ray
+
+    from cadc_ray.data.ray_read import read_parquet
 
     started = time.perf_counter()
     by_range = temp / "by_range"
@@ -243,7 +244,7 @@ def _split_with_ray(
     # for 10^7 rows, and with one CPU in Ray Data's budget they ran one after the other
     # (pass 1 in 23.7 s, against 7.2 s this way; docs/results.md, "Scale").
     (
-        ray.data.read_parquet(str(interactions_dir(prepared)), override_num_blocks=ranges)
+        read_parquet(interactions_dir(prepared), override_num_blocks=ranges)
         .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)
         .write_parquet(str(by_range), partition_cols=[RANGE_COLUMN])
     )

@@ -112,6 +112,8 @@ def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> Tra
     """
     import ray.data
 
+    from cadc_ray.data.ray_read import read_parquet
+
     ingest = resolve_ingest(config, path)
     folder = str(Path(path).resolve())
     entries: dict[str, Any] = {
@@ -125,16 +127,11 @@ def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> Tra
     block_order = ray.data.RandomSeedConfig(
         seed=derive_seed(seed, "order") % (2**31), reseed_after_execution=True
     )
-    # The read keeps a copy of the context it is created under: the smaller block target
-    # applies to this dataset only, not to the driver's other Ray Data work.
-    context = ray.data.DataContext.get_current()
-    default_block_bytes = context.target_max_block_size
-    context.target_max_block_size = STREAM_BLOCK_BYTES
-    try:
-        dataset = ray.data.read_parquet(folder, columns=STREAMED_COLUMNS)
-    finally:
-        context.target_max_block_size = default_block_bytes
-    dataset = dataset.randomize_block_order(seed=block_order)
+    # The smaller block target applies to this dataset only, not to the driver's other
+    # Ray Data work.
+    dataset = read_parquet(
+        folder, columns=STREAMED_COLUMNS, target_block_bytes=STREAM_BLOCK_BYTES
+    ).randomize_block_order(seed=block_order)
     single_worker = config.resources.num_workers <= 1
     return TrainingInput(
         {"train": dataset}, stream_data_config(preserve_order=single_worker), entries
