@@ -22,9 +22,16 @@ import pytest
 from conftest import runnable_sweep_base
 
 from cadc_ray.config import ConfigError
-from cadc_ray.sweep.callbacks import FinalResultOptunaSearch, objective_values
+from cadc_ray.sweep.callbacks import (
+    MAX_REPEATED_PROPOSALS,
+    REPEAT_OF_ATTR,
+    REPEAT_OF_RUNNING_ATTR,
+    SEARCH_ENDED_ATTR,
+    SweepOptunaSearch,
+    objective_values,
+)
 from cadc_ray.sweep.report import make_record, pareto_markdown, plot_pareto_front
-from cadc_ray.sweep.space import OptunaSpace
+from cadc_ray.sweep.space import OptunaSpace, distinct_trial_count
 from cadc_ray.sweep.spec import Objective, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,12 +131,12 @@ def test_objective_values_of_a_finished_and_of_a_stopped_trial() -> None:
     assert objective_values(EPOCH_REPORT, ["test_hr@10"]) is None  # never from a NaN
 
 
-def _searcher(journal: Path) -> FinalResultOptunaSearch:
+def _searcher(journal: Path) -> SweepOptunaSearch:
     spec = tiny_search_spec(journal.parent / "out", journal.parent / "data")
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))
     )
-    return FinalResultOptunaSearch(
+    return SweepOptunaSearch(
         space=OptunaSpace(spec.base_config.method, spec.space),
         metric=METRICS,
         mode=["max", "min"],
@@ -164,20 +171,205 @@ def test_stopped_trials_reach_the_stored_study_finite_and_survive_a_restore(
             optuna.storages.journal.JournalFileBackend(str(journal))
         ),
     )
-    states = [trial.state for trial in study.trials]
+    # Proposals of a running trial's point were told FAIL and asked again (attribute).
+    trials = [trial for trial in study.trials if REPEAT_OF_RUNNING_ATTR not in trial.user_attrs]
+    states = [trial.state for trial in trials]
     complete, fail = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
     assert states == [complete, complete, fail, complete]
-    assert [trial.values for trial in study.trials] == [
+    assert [trial.values for trial in trials] == [
         [0.25, 10.5],
         [0.25, 30.0],
         None,
         [0.25, 5.0],
     ]
-    assert set(study.trials[0].params) == {
+    assert set(trials[0].params) == {
         "trial/model.embedding_dim",
         "trial/data.filter_ratio",
         "trial/model.integration",
     }
+
+
+SMALL_SPACE = {  # 3 distinct points: GS (any ratio: one trial), CADC at ratio 2 or 5
+    "method": {"type": "choice", "values": ["gs", "cadc"]},
+    "data.filter_ratio": {"type": "choice", "values": [2, 5]},
+}
+
+
+def _small_space_searcher(journal: Path, sampler: Any) -> SweepOptunaSearch:
+    spec = tiny_search_spec(journal.parent / "out", journal.parent / "data", space=SMALL_SPACE)
+    return SweepOptunaSearch(
+        space=OptunaSpace(spec.base_config.method, spec.space),
+        metric="val_hr@10",
+        mode="max",
+        sampler=sampler,
+        study_name="small",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        ),
+        distinct_trials=distinct_trial_count(spec),
+    )
+
+
+def test_the_distinct_trials_of_a_space_are_counted_after_its_conditionals(
+    tmp_path: Path,
+) -> None:
+    from cadc_ray.sweep.driver import expected_trials
+
+    def spec(**changes: Any) -> Any:
+        return tiny_search_spec(tmp_path / "out", tmp_path / "data", **changes)
+
+    assert distinct_trial_count(spec(space=SMALL_SPACE)) == 3  # 2 x 2, GS's two ratios are one
+    assert expected_trials(spec(space=SMALL_SPACE, num_samples=10)) == 3
+    assert expected_trials(spec(space=SMALL_SPACE, num_samples=2)) == 2
+    assert distinct_trial_count(spec()) == 8  # the tiny search: 2 x 2 x 2, all CADC
+    learning_rate = {"type": "loguniform", "low": 1e-4, "high": 1e-2}
+    continuous = spec(space={**SMALL_SPACE, "train.learning_rate": learning_rate}, num_samples=5)
+    assert distinct_trial_count(continuous) is None
+    assert expected_trials(continuous) == 5
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_tried_point_is_answered_from_the_study_and_the_search_ends_when_all_are_tried(
+    tmp_path: Path, sampler: str
+) -> None:
+    journal = tmp_path / "optuna.journal"
+    chosen = (
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=1)
+        if sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=0)
+    )
+    searcher = _small_space_searcher(journal, chosen)
+    run: list[str] = []
+    for number in range(10):
+        config = searcher.suggest(f"t{number}")
+        if config == "FINISHED":
+            break
+        assert isinstance(config, dict)
+        point = json.dumps(config["trial"], sort_keys=True)
+        assert point not in run  # never handed to Tune twice
+        run.append(point)
+        value = {"gs": 0.5, "cadc": 0.25}[config["trial"]["method"]]
+        searcher.on_trial_complete(f"t{number}", {"val_hr@10": value})
+    assert len(run) == 3  # every distinct point once, then the search ended
+    assert searcher.suggest("later") == "FINISHED"
+
+    study = optuna.load_study(
+        study_name="small",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        ),
+    )
+    assert "3 distinct points" in study.user_attrs[SEARCH_ENDED_ATTR]
+    by_number = {trial.number: trial for trial in study.trials}
+    repeats = [trial for trial in study.trials if REPEAT_OF_ATTR in trial.user_attrs]
+    for repeat in repeats:  # told the values of the trial it repeats, not run
+        earlier = by_number[repeat.user_attrs[REPEAT_OF_ATTR]]
+        assert repeat.params == earlier.params and repeat.values == earlier.values
+    assert len(study.trials) == 3 + len(repeats)
+
+
+class ScriptedSampler(optuna.samplers.BaseSampler):
+    """Proposes ``points[trial.number]`` (the last one after the script ends)."""
+
+    def __init__(self, points: list[dict[str, Any]]) -> None:
+        self.points = points
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return self.points[min(trial.number, len(self.points) - 1)][name]
+
+
+CADC_2: dict[str, Any] = {"trial/method": "cadc", "trial/data.filter_ratio": 2}
+CADC_5: dict[str, Any] = {"trial/method": "cadc", "trial/data.filter_ratio": 5}
+GS: dict[str, Any] = {"trial/method": "gs"}
+
+
+def _stored_study(journal: Path) -> Any:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    return optuna.load_study(study_name="small", storage=storage)
+
+
+def test_repeated_proposals_are_answered_from_the_study_until_every_point_is_tried(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "optuna.journal"
+    script = [CADC_2, CADC_2, CADC_5, CADC_2, CADC_5, GS]
+    searcher = _small_space_searcher(journal, ScriptedSampler(script))
+    handed = []
+    for number, value in enumerate((0.25, 0.5, 0.75)):
+        config = searcher.suggest(f"t{number}")
+        assert isinstance(config, dict)
+        handed.append(config["trial"])
+        searcher.on_trial_complete(f"t{number}", {"val_hr@10": value})
+    # Optuna trials 1, 3 and 4 repeated finished points: told their values, not run.
+    assert handed == [
+        {"method": "cadc", "data.filter_ratio": 2},
+        {"method": "cadc", "data.filter_ratio": 5},
+        {"method": "gs"},
+    ]
+    assert searcher.suggest("t3") == "FINISHED"  # all 3 distinct points tried
+    study = _stored_study(journal)
+    assert [trial.values for trial in study.trials] == [
+        [0.25],
+        [0.25],
+        [0.5],
+        [0.25],
+        [0.5],
+        [0.75],
+    ]
+    assert {t.number: t.user_attrs.get(REPEAT_OF_ATTR) for t in study.trials} == {
+        0: None,
+        1: 0,
+        2: None,
+        3: 0,
+        4: 2,
+        5: None,
+    }
+    assert study.user_attrs[SEARCH_ENDED_ATTR] == "all 3 distinct points of the space are tried"
+
+
+def test_a_running_trial_s_point_is_not_handed_to_a_second_trial(tmp_path: Path) -> None:
+    journal = tmp_path / "optuna.journal"
+    script = [CADC_2, CADC_2, CADC_5, CADC_2, GS]
+    searcher = _small_space_searcher(journal, ScriptedSampler(script))
+    running = [searcher.suggest(trial_id) for trial_id in ("a", "b", "c")]
+    assert [config["trial"] for config in running] == [  # type: ignore[index]
+        {"method": "cadc", "data.filter_ratio": 2},
+        {"method": "cadc", "data.filter_ratio": 5},
+        {"method": "gs"},
+    ]
+    assert searcher.suggest("d") == "FINISHED"  # every point is held by a running trial
+    study = _stored_study(journal)
+    # Proposals 1 and 3 were a's point while a ran: told FAIL (TPE ignores failed trials).
+    assert {t.number: t.user_attrs.get(REPEAT_OF_RUNNING_ATTR) for t in study.trials} == {
+        0: None,
+        1: "a",
+        2: None,
+        3: "a",
+        4: None,
+    }
+    assert [t.state for t in study.trials if REPEAT_OF_RUNNING_ATTR in t.user_attrs] == [
+        optuna.trial.TrialState.FAIL
+    ] * 2
+
+
+def test_a_sampler_that_proposes_only_tried_points_ends_the_search(tmp_path: Path) -> None:
+    journal = tmp_path / "optuna.journal"
+    searcher = _small_space_searcher(journal, ScriptedSampler([CADC_2]))
+    searcher.distinct_trials = None  # e.g. a continuous space: no count to reach
+    assert searcher.suggest("t0") is not None
+    searcher.on_trial_complete("t0", {"val_hr@10": 0.25})
+    assert searcher.suggest("t1") == "FINISHED"
+    study = _stored_study(journal)
+    assert len(study.trials) == 1 + MAX_REPEATED_PROPOSALS
+    assert "only tried points" in study.user_attrs[SEARCH_ENDED_ATTR]
 
 
 def test_a_fresh_sweep_is_refused_where_a_study_is_stored(tmp_path: Path) -> None:
@@ -278,3 +470,27 @@ def test_asha_stopped_local_mode_trials_give_optuna_finite_values(
     # No finished trial: no best config, an empty Pareto set (stopped trials are not in it).
     best = json.loads((tmp_path / "sweep" / "best.json").read_text())
     assert best["best"] is None and best["pareto_front"] == []
+
+
+@pytest.mark.ray
+def test_a_sweep_with_more_samples_than_points_runs_each_point_once(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Through Tune: 6 samples of a 3-point space run 3 trials, then the searcher ends the
+    search; the sweep is complete (not "interrupted") and says why it ran fewer."""
+    from cadc_ray.sweep.driver import run_sweep
+
+    spec = tiny_search_spec(
+        tmp_path / "sweep",
+        tmp_path / "data",
+        space=SMALL_SPACE,
+        num_samples=6,
+        searcher={"type": "optuna", "sampler": "tpe", "seed": 0},
+    )
+    outcome = run_sweep(spec)
+    points = sorted(json.dumps(record["overrides"], sort_keys=True) for record in outcome.records)
+    assert len(points) == 3 == len(set(points))
+    assert outcome.search_ended == "all 3 distinct points of the space are tried"
+    assert not outcome.interrupted
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert summary["search_ended"] == outcome.search_ended and summary["trials"] == 3

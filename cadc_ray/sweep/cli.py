@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         f"stopped early, {statuses.count('error')} failed in {outcome.wall_seconds:.0f}s "
         f"(pretraining runs: {len(outcome.pretrain_runs)}, reused: {len(outcome.pretrain_loaded)})"
     )
+    if outcome.search_ended:
+        print(
+            f"  the searcher ended the search after {len(statuses)} trials: {outcome.search_ended}"
+        )
     for kind, path in outcome.files.items():
         print(f"  {kind}: {path}")
     if outcome.interrupted:

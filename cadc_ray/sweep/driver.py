@@ -56,6 +56,7 @@ from cadc_ray.sweep.space import (
     TRIAL_KEY,
     OptunaSpace,
     distinct_pretrain_configs,
+    distinct_trial_count,
     grid_points,
     pretrain_key,
     resolve_trial_config,
@@ -311,15 +312,16 @@ def build_search(spec: SweepSpec, output_dir: Path | None = None) -> tuple[Any, 
         sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
     metrics = [objective.metric for objective in spec.objectives]
     modes: list[str] = [objective.mode for objective in spec.objectives]
-    from cadc_ray.sweep.callbacks import FinalResultOptunaSearch
+    from cadc_ray.sweep.callbacks import SweepOptunaSearch
 
-    searcher = FinalResultOptunaSearch(
+    searcher = SweepOptunaSearch(
         space=OptunaSpace(spec.base_config.method, spec.space),
         metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler,
         study_name=spec.name,
         storage=None if output_dir is None else study_storage(spec, output_dir),
+        distinct_trials=distinct_trial_count(spec),
     )
     return searcher, {}
 
@@ -737,9 +739,17 @@ def _run_started_sweep(
     outcome.records = collect_records(result_grid, base)
     # Tune ends a Ctrl-C'd (or SIGTERM'd) sweep "successfully": trials it never created
     # are missing and the ones it cut off have no result marked done (ASHA-stopped ones do).
-    outcome.interrupted = len(outcome.records) < expected_trials(spec) or any(
-        record["status"] == "incomplete" for record in outcome.records
-    )
+    outcome.search_ended = search_ended(spec, output_dir)
+    if outcome.search_ended:
+        logger.info(
+            "sweep %s: the searcher ended the search after %d trials: %s",
+            spec.name,
+            len(outcome.records),
+            outcome.search_ended,
+        )
+    outcome.interrupted = (
+        len(outcome.records) < expected_trials(spec) and outcome.search_ended is None
+    ) or any(record["status"] == "incomplete" for record in outcome.records)
     if outcome.interrupted:
         logger.warning("sweep %s interrupted: finish it with --resume", spec.name)
     outcome.wall_seconds = time.perf_counter() - started
@@ -748,8 +758,29 @@ def _run_started_sweep(
 
 
 def expected_trials(spec: SweepSpec) -> int:
-    """How many trials the sweep has when it is complete."""
-    return len(grid_points(spec)) if spec.searcher.kind == "grid" else spec.num_samples
+    """How many trials the sweep has when it is complete (an Optuna search may end sooner:
+    :func:`search_ended`)."""
+    if spec.searcher.kind == "grid":
+        return len(grid_points(spec))
+    distinct = distinct_trial_count(spec)
+    return spec.num_samples if distinct is None else min(spec.num_samples, distinct)
+
+
+def search_ended(spec: SweepSpec, output_dir: Path) -> str | None:
+    """Why the Optuna searcher ended the search before ``num_samples`` trials (read from
+    the stored study, which a resumed searcher writes too), or None."""
+    if spec.searcher.kind != "optuna":
+        return None
+    import optuna
+
+    from cadc_ray.sweep.callbacks import SEARCH_ENDED_ATTR
+
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=study_storage(spec, output_dir))
+    except KeyError:  # no trial was ever asked (e.g. interrupted during pretraining)
+        return None
+    reason = study.user_attrs.get(SEARCH_ENDED_ATTR)
+    return None if reason is None else str(reason)
 
 
 def _trial_dirname(trial: Any) -> str:

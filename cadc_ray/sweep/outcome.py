@@ -22,4 +22,7 @@ class SweepOutcome:
     wall_seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # Tune stopped before every trial ended (e.g. Ctrl-C): --resume
+    # Why the Optuna searcher ended the search before num_samples trials (every distinct
+    # point tried, or only tried points proposed), else None.
+    search_ended: str | None = None
     storage_root: str = ""  # where tune/ and train/ live (output_dir, or storage_path/<name>)

@@ -726,6 +726,7 @@ def write_reports(spec: SweepSpec, outcome: SweepOutcome) -> dict[str, str]:
         "errors": statuses.count("error"),
         "incomplete": statuses.count("incomplete"),
         "interrupted": outcome.interrupted,
+        "search_ended": outcome.search_ended,
         "wall_seconds": round(outcome.wall_seconds, 2),
         "pretrain_runs": outcome.pretrain_runs,
         "pretrain_loaded": outcome.pretrain_loaded,

@@ -122,6 +122,21 @@ def _point_key(point: Mapping[str, Any]) -> str:
     return json.dumps(sorted(point.items()), default=repr)
 
 
+def _distinct_effective(
+    base: ExperimentConfig, raw_points: Iterator[dict[str, Any]] | list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The effective overrides of ``raw_points``, each distinct one once, first kept."""
+    seen: set[str] = set()
+    result = []
+    for point in raw_points:
+        effective = effective_overrides(base, point)
+        key = _point_key(effective)
+        if key not in seen:
+            seen.add(key)
+            result.append(effective)
+    return result
+
+
 def grid_points(spec: SearchSpec) -> list[dict[str, Any]]:
     """Every distinct trial of a grid spec: the grid's cartesian product, then extra_trials.
 
@@ -137,15 +152,35 @@ def grid_points(spec: SearchSpec) -> list[dict[str, Any]]:
         else []
     )
     raw_points.extend(dict(point) for point in spec.extra_trials)
-    seen: set[str] = set()
-    result = []
-    for point in raw_points:
-        effective = effective_overrides(spec.base_config, point)
-        key = _point_key(effective)
-        if key not in seen:
-            seen.add(key)
-            result.append(effective)
-    return result
+    return _distinct_effective(spec.base_config, raw_points)
+
+
+MAX_COUNTED_POINTS = 100_000
+""":func:`distinct_trial_count` enumerates spaces up to this many raw combinations."""
+
+
+def distinct_trial_count(spec: SearchSpec) -> int | None:
+    """How many distinct trials the space can produce once the conditionals and the
+    coupling are applied (GS at any filter ratio is one trial), or None when a dimension is
+    continuous or there are more than :data:`MAX_COUNTED_POINTS` combinations.
+
+    A searcher that has tried this many distinct trials has tried them all.
+    """
+    keys = [key for key, _ in spec.space]
+    value_lists: list[tuple[Any, ...]] = []
+    combinations = 1
+    for _, dist in spec.space:
+        values = dist.finite_values()
+        if values is None:
+            return None
+        value_lists.append(values)
+        combinations *= len(values)
+    if combinations > MAX_COUNTED_POINTS:
+        return None
+    raw_points = (
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*value_lists)
+    )
+    return len(_distinct_effective(spec.base_config, raw_points))
 
 
 def candidate_points(spec: SearchSpec, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
