@@ -174,11 +174,13 @@ class SweepOptunaSearch(OptunaSearch):
         study: Any = self._ot_study
         for _ in range(MAX_REPEATED_PROPOSALS):
             finished, running = self._finished_points(), self._running_points()
-            if self.distinct_trials is not None and (
-                len(finished.keys() | running.keys()) >= self.distinct_trials
+            # getattr: a searcher pickled before this attribute existed (--resume) has none.
+            distinct_trials = getattr(self, "distinct_trials", None)
+            if distinct_trials is not None and (
+                len(finished.keys() | running.keys()) >= distinct_trials
             ):
                 return self._end_search(
-                    f"all {self.distinct_trials} distinct points of the space are tried"
+                    f"all {distinct_trials} distinct points of the space are tried"
                 )
             config = super().suggest(trial_id)
             trial = self._ot_trials[trial_id]
@@ -242,6 +244,11 @@ class SweepOptunaSearch(OptunaSearch):
             logger.warning("Optuna trial of %s not updated: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
         return None
+
+
+FinalResultOptunaSearch = SweepOptunaSearch
+"""The class's earlier name: Tune pickles the searcher by name, and ``--resume`` of a sweep
+started before the rename unpickles it."""
 
 
 class SweepProgressCallback(Callback):
