@@ -271,6 +271,104 @@ def pretrain(
     return Teacher(key, result.tables, float(result.seconds), reused=False, result=result)
 
 
+def _train_teacher_task(
+    config: ExperimentConfig,
+    dataset: DatasetInputs,
+    use_gpu: bool,
+    run_name: str,
+    storage_path: str,
+) -> PretrainResult:
+    """Body of the Ray task that trains one teacher (:func:`train_teachers`)."""
+    from cadc_ray.runtime.pretrain import fit_pretrain
+
+    return fit_pretrain(
+        config,
+        dataset.split,
+        num_users=dataset.num_users,
+        num_items=dataset.num_items,
+        use_gpu=use_gpu,
+        run_name=run_name,
+        storage_path=storage_path,
+    )
+
+
+def teacher_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, Any]:
+    """Ray resources of the task that trains ``config``'s teacher: the stage's own when it
+    trains in the task's process (``num_workers: 0``), none when the task only drives a
+    Train worker group or the ALS task, which reserve their own."""
+    in_task = METHODS[config.method].pretrainer != "als" and config.resources.num_workers == 0
+    if not in_task:
+        return {"num_cpus": 0}
+    return {"num_cpus": config.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
+
+
+def train_teachers(
+    jobs: Sequence[tuple[str, ExperimentConfig, DatasetInputs]],
+    *,
+    teachers: TeacherStore,
+    use_gpu: bool,
+    storage_path: str,
+) -> dict[str, Teacher]:
+    """Trains the teachers of ``jobs`` (``(key, config, dataset)``, none of them in
+    ``teachers``), saving each in ``teachers`` as it finishes; ``{key: Teacher}``.
+
+    Two or more run at once, each in a Ray task (:func:`teacher_task_options`): Ray
+    schedules them on the CPUs (or GPUs, or worker groups) there are, instead of one
+    after the other in the driver. The Train run of ``key`` is named ``pretrain-<key>``.
+    An in-process stage that streams its rows trains in the driver, one at a time: its
+    Ray Data job needs CPUs that concurrent in-process teachers would hold
+    (docs/ray_notes.md, "CPU budget"). Requires an initialized Ray.
+    """
+    from cadc_ray.runtime.ingest import resolve_ingest
+
+    def streams_in_process(config: ExperimentConfig, dataset: DatasetInputs) -> bool:
+        return config.resources.num_workers == 0 and (
+            resolve_ingest(config, dataset.split.train_dir) == "stream"
+        )
+
+    trained: dict[str, Teacher] = {}
+    in_tasks = [job for job in jobs if not streams_in_process(job[1], job[2])]
+    if len(in_tasks) < 2:
+        in_tasks = []
+    for key, config, dataset in jobs:
+        if any(job[0] == key for job in in_tasks):
+            continue
+        trained[key] = pretrain(
+            config,
+            dataset,
+            teachers=teachers,
+            use_gpu=use_gpu,
+            run_name=f"pretrain-{key}",
+            storage_path=storage_path,
+            announce=True,
+        )
+    if not in_tasks:
+        return trained
+    import ray
+
+    task = ray.remote(_train_teacher_task)
+    pending: dict[Any, str] = {}
+    for key, config, dataset in in_tasks:
+        logger.info(
+            "pretraining %s (%s, d=%d) in a Ray task",
+            key,
+            config.method,
+            config.pretrain.embedding_dim,
+        )
+        ref = task.options(**teacher_task_options(config, use_gpu)).remote(
+            config, dataset, use_gpu, f"pretrain-{key}", storage_path
+        )
+        pending[ref] = key
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(done)
+        result: PretrainResult = ray.get(done)
+        teachers.save(key, result)  # as it finishes: an interrupted sweep keeps it
+        logger.info("pretraining %s done in %.1f s", key, result.seconds)
+        trained[key] = Teacher(key, result.tables, float(result.seconds), False, result)
+    return trained
+
+
 def teacher_metrics(
     tables: PretrainedTables, held_out: HeldOutSets, eval_config: EvalConfig
 ) -> dict[str, dict[str, float]] | None:

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -335,18 +336,7 @@ def train_run_named(name: str) -> dict[str, Any]:
     return matching[0]
 
 
-@pytest.fixture
-def pretrained_dims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The MF width of every stage-1 run started while the test runs (``fit_pretrain`` is
-    wrapped: it still trains), in call order: how tests see that teachers are shared."""
-    from cadc_ray.runtime import pretrain as runtime_pretrain
-
-    dims: list[int] = []
-    original_fit = runtime_pretrain.fit_pretrain
-
-    def counting_fit(config: Any, *args: Any, **kwargs: Any) -> Any:
-        dims.append(config.pretrain.embedding_dim)
-        return original_fit(config, *args, **kwargs)
-
-    monkeypatch.setattr(runtime_pretrain, "fit_pretrain", counting_fit)
-    return dims
+def teacher_dims(keys: list[str]) -> list[int]:
+    """The MF widths in pretrain keys (``mf-d7-<hash>`` -> 7), e.g. of the teachers a sweep
+    trained (``SweepOutcome.pretrain_runs``, which lists the results that came back)."""
+    return [int(re.search(r"-d(\d+)-", key).group(1)) for key in keys]  # type: ignore[union-attr]

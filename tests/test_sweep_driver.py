@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import runnable_sweep_base
+from conftest import runnable_sweep_base, teacher_dims
 from ray import tune
 
 from cadc_ray.config import ConfigError
@@ -85,7 +85,7 @@ class InterruptAfterFirstTrial(tune.Callback):
 
 
 def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
-    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pretrained_dims: list[int]
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     puts: list[str] = []
     original_put = ray.put
@@ -103,18 +103,17 @@ def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
     # --- first run: interrupted (SIGTERM) once the first trial has finished ---
     first = run_sweep(spec, callbacks=[InterruptAfterFirstTrial(marker)])
     assert first.interrupted
-    assert sorted(pretrained_dims) == [7, 11]  # once per distinct pretraining config
+    assert sorted(teacher_dims(first.pretrain_runs)) == [7, 11]  # once per distinct config
     assert sorted(puts) == sorted(first.pretrained_ref_ids.values())  # one put per config
     finished_first = {r["trial_id"]: r for r in first.records if r["status"] == "finished"}
     assert marker.read_text() in finished_first and len(finished_first) < 3
     assert {r["status"] for r in first.records} <= {"finished", "incomplete"}
 
     # --- resume: the rest finishes, nothing is pretrained or re-run twice ---
-    pretrained_dims.clear()
     puts.clear()
     resumed = run_sweep(spec, resume=True)
     assert not resumed.interrupted
-    assert pretrained_dims == [] and resumed.pretrain_runs == []
+    assert resumed.pretrain_runs == []
     assert sorted(resumed.pretrain_loaded) == sorted(first.pretrain_runs)
     assert sorted(puts) == sorted(resumed.pretrained_ref_ids.values())
     records = {r["trial_id"]: r for r in resumed.records}
@@ -164,3 +163,72 @@ def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
     changed = tiny_spec(tmp_path / "sweep", tmp_path / "data", max_concurrent_trials=1)
     with pytest.raises(ConfigError, match=r"--resume: the spec differs .*max_concurrent_trials"):
         run_sweep(changed, resume=True)
+
+
+@pytest.mark.ray
+def test_teachers_train_at_once_in_ray_tasks_and_match_the_driver_s(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two teachers to train go to two Ray tasks, each with its stage's CPUs; each task's
+    tables are the ones the same config trains in the driver, bit for bit, and each is
+    saved as it finishes."""
+    import numpy as np
+
+    from cadc_ray import pipeline
+    from cadc_ray.config import ExperimentConfig, from_dict, replace_dotted
+    from cadc_ray.pretrain_key import pretrain_key
+
+    base = from_dict(ExperimentConfig, runnable_sweep_base(), "base")
+    base = replace_dotted(
+        base,
+        {
+            "output_root": str(tmp_path / "data"),
+            "resources.num_workers": 0,
+            "resources.cpus_per_worker": 1,
+            "resources.torch_threads": 1,
+        },
+    )
+    configs = [
+        replace_dotted(base, {"pretrain.embedding_dim": dim, "model.embedding_dim": dim + 1})
+        for dim in (7, 11)
+    ]
+    dataset = pipeline.prepare_inputs(configs)[pipeline.data_key(base)]
+    options: list[dict[str, Any]] = []
+    original_options = pipeline.teacher_task_options
+
+    def recorded_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, Any]:
+        options.append(original_options(config, use_gpu))
+        return options[-1]
+
+    monkeypatch.setattr(pipeline, "teacher_task_options", recorded_options)
+    saved = pipeline.SavedTeachers(tmp_path / "teachers", reuse=True)
+    jobs = [(str(pretrain_key(config)), config, dataset) for config in configs]
+    trained = pipeline.train_teachers(
+        jobs, teachers=saved, use_gpu=False, storage_path=str(tmp_path / "train")
+    )
+    assert options == [{"num_cpus": 1, "num_gpus": 0}] * 2  # one task per teacher
+    for key, config, _ in jobs:
+        teacher = trained[key]
+        assert not teacher.reused and teacher.result is not None
+        in_driver = pipeline.pretrain(
+            config,
+            dataset,
+            teachers=None,
+            use_gpu=False,
+            run_name=f"driver-{key}",
+            storage_path=str(tmp_path / "train"),
+        )
+        np.testing.assert_array_equal(teacher.tables.user, in_driver.tables.user)
+        np.testing.assert_array_equal(teacher.tables.item, in_driver.tables.item)
+        reloaded = saved.load(key)  # saved as it finished
+        assert reloaded is not None
+        np.testing.assert_array_equal(reloaded.tables.user, in_driver.tables.user)
+    # One teacher to train: no task, the driver trains it.
+    options.clear()
+    one = pipeline.train_teachers(
+        jobs[:1],
+        teachers=pipeline.SavedTeachers(tmp_path / "one", reuse=True),
+        use_gpu=False,
+        storage_path=str(tmp_path / "train-one"),
+    )
+    assert options == [] and set(one) == {jobs[0][0]}

@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import runnable_sweep_base
+from conftest import runnable_sweep_base, teacher_dims
 
 from cadc_ray.config import ConfigError
 from cadc_ray.sweep.callbacks import (
@@ -427,7 +427,7 @@ def test_pareto_set_is_listed_and_drawn(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 def test_asha_stopped_local_mode_trials_give_optuna_finite_values(
-    ray_session: None, tmp_path: Path, pretrained_dims: list[int]
+    ray_session: None, tmp_path: Path
 ) -> None:
     from cadc_ray.sweep.driver import STUDY_FILE, run_sweep
 
@@ -435,7 +435,7 @@ def test_asha_stopped_local_mode_trials_give_optuna_finite_values(
     outcome = run_sweep(spec)
 
     # One MF per distinct teacher (id sizes 8 and 12 -> d = 7 and 11), before the trials.
-    assert sorted(pretrained_dims) == [7, 11]
+    assert sorted(teacher_dims(outcome.pretrain_runs)) == [7, 11]
     assert len(set(outcome.pretrained_ref_ids.values())) == 2
 
     # Every trial was stopped by ASHA on a per-epoch report (local mode reports epochs):

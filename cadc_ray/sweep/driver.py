@@ -44,10 +44,11 @@ from cadc_ray.config import ConfigError, ExperimentConfig, absolute_paths
 from cadc_ray.pipeline import (
     DatasetInputs,
     SavedTeachers,
+    Teacher,
     data_key,
     prepare_inputs,
-    pretrain,
     put_tables,
+    train_teachers,
     ttnn_inputs,
 )
 from cadc_ray.storage import is_uri
@@ -423,22 +424,26 @@ def pretrain_all(
     The tables are saved under the local ``output_dir`` (:data:`PRETRAINED_DIR`); the
     Train run (checkpoints) goes to ``train_storage_path`` (local path or URI).
     """
-    refs: dict[str, list[Any]] = {}
-    seconds: dict[str, float] = {}
     from cadc_ray.runtime.session import stage_resources
 
     saved = SavedTeachers(output_dir / PRETRAINED_DIR, reuse=reuse_saved)
+    found: dict[str, Teacher] = {}
+    jobs = []
     for key, config in configs.items():
+        teacher = saved.load(key)
+        if teacher is not None:
+            found[key] = teacher
+            continue
         resources = stage_resources(config.resources, use_gpu=use_gpu, own_local_ray=own_local_ray)
-        teacher = pretrain(
-            replace(config, resources=resources),
-            datasets[data_key(config)],
-            teachers=saved,
-            use_gpu=use_gpu,
-            run_name=f"pretrain-{key}",
-            storage_path=train_storage_path,
-            announce=True,
-        )
+        jobs.append((key, replace(config, resources=resources), datasets[data_key(config)]))
+    # Teachers to train run at once, each in a Ray task (pipeline.train_teachers).
+    found.update(
+        train_teachers(jobs, teachers=saved, use_gpu=use_gpu, storage_path=train_storage_path)
+    )
+    refs: dict[str, list[Any]] = {}
+    seconds: dict[str, float] = {}
+    for key in configs:  # in the configs' order, whatever order they finished in
+        teacher = found[key]
         (outcome.pretrain_loaded if teacher.reused else outcome.pretrain_runs).append(key)
         refs[key] = put_tables(teacher.tables)
         seconds[key] = teacher.seconds
