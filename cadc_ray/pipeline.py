@@ -302,22 +302,36 @@ def teacher_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, A
     return {"num_cpus": config.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
 
 
+def machine_teacher_slots(configs: Sequence[ExperimentConfig]) -> int:
+    """How many teachers this machine trains at once without oversubscribing its cores:
+    its CPUs over the largest ``resources.torch_threads``. A locally started Ray has more
+    logical CPUs than cores (``runtime.session.local_ray_cpus``); teachers packed by those
+    ran 2-2.5x slower each on the 2-core machine (docs/sweeps.md), which distorts their
+    seconds, part of a trial's ``total_seconds`` objective."""
+    import os
+
+    threads = max((config.resources.torch_threads for config in configs), default=1)
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
+
+
 def train_teachers(
     jobs: Sequence[tuple[str, ExperimentConfig, DatasetInputs]],
     *,
     teachers: TeacherStore,
     use_gpu: bool,
     storage_path: str,
+    max_at_once: int | None = None,
 ) -> dict[str, Teacher]:
     """Trains the teachers of ``jobs`` (``(key, config, dataset)``, none of them in
     ``teachers``), saving each in ``teachers`` as it finishes; ``{key: Teacher}``.
 
-    Two or more run at once, each in a Ray task (:func:`teacher_task_options`): Ray
-    schedules them on the CPUs (or GPUs, or worker groups) there are, instead of one
-    after the other in the driver. The Train run of ``key`` is named ``pretrain-<key>``.
-    An in-process stage that streams its rows trains in the driver, one at a time: its
-    Ray Data job needs CPUs that concurrent in-process teachers would hold
-    (docs/ray_notes.md, "CPU budget"). Requires an initialized Ray.
+    Up to ``max_at_once`` (None: all) run at once, each in a Ray task
+    (:func:`teacher_task_options`): Ray schedules them on the CPUs (or GPUs, or worker
+    groups) there are, instead of one after the other in the driver. With one at a
+    time, or one teacher, they train in the driver. The Train run of ``key`` is named
+    ``pretrain-<key>``. An in-process stage that streams its rows trains in the driver,
+    one at a time: its Ray Data job needs CPUs that concurrent in-process teachers would
+    hold (docs/ray_notes.md, "CPU budget"). Requires an initialized Ray.
     """
     from cadc_ray.runtime.ingest import resolve_ingest
 
@@ -328,7 +342,8 @@ def train_teachers(
 
     trained: dict[str, Teacher] = {}
     in_tasks = [job for job in jobs if not streams_in_process(job[1], job[2])]
-    if len(in_tasks) < 2:
+    at_once = len(in_tasks) if max_at_once is None else min(max_at_once, len(in_tasks))
+    if at_once < 2:
         in_tasks = []
     for key, config, dataset in jobs:
         if any(job[0] == key for job in in_tasks):
@@ -347,19 +362,21 @@ def train_teachers(
     import ray
 
     task = ray.remote(_train_teacher_task)
+    waiting = list(in_tasks)
     pending: dict[Any, str] = {}
-    for key, config, dataset in in_tasks:
-        logger.info(
-            "pretraining %s (%s, d=%d) in a Ray task",
-            key,
-            config.method,
-            config.pretrain.embedding_dim,
-        )
-        ref = task.options(**teacher_task_options(config, use_gpu)).remote(
-            config, dataset, use_gpu, f"pretrain-{key}", storage_path
-        )
-        pending[ref] = key
-    while pending:
+    while waiting or pending:
+        while waiting and len(pending) < at_once:
+            key, config, dataset = waiting.pop(0)
+            logger.info(
+                "pretraining %s (%s, d=%d) in a Ray task",
+                key,
+                config.method,
+                config.pretrain.embedding_dim,
+            )
+            ref = task.options(**teacher_task_options(config, use_gpu)).remote(
+                config, dataset, use_gpu, f"pretrain-{key}", storage_path
+            )
+            pending[ref] = key
         (done,), _ = ray.wait(list(pending), num_returns=1)
         key = pending.pop(done)
         result: PretrainResult = ray.get(done)

@@ -223,12 +223,34 @@ def test_teachers_train_at_once_in_ray_tasks_and_match_the_driver_s(
         reloaded = saved.load(key)  # saved as it finished
         assert reloaded is not None
         np.testing.assert_array_equal(reloaded.tables.user, in_driver.tables.user)
-    # One teacher to train: no task, the driver trains it.
-    options.clear()
-    one = pipeline.train_teachers(
-        jobs[:1],
-        teachers=pipeline.SavedTeachers(tmp_path / "one", reuse=True),
-        use_gpu=False,
-        storage_path=str(tmp_path / "train-one"),
-    )
-    assert options == [] and set(one) == {jobs[0][0]}
+    # One teacher to train, or one at a time: no task, the driver trains them.
+    for name, some_jobs, at_once in (("one", jobs[:1], None), ("serial", jobs, 1)):
+        options.clear()
+        serial = pipeline.train_teachers(
+            some_jobs,
+            teachers=pipeline.SavedTeachers(tmp_path / name, reuse=True),
+            use_gpu=False,
+            storage_path=str(tmp_path / f"train-{name}"),
+            max_at_once=at_once,
+        )
+        assert options == [] and set(serial) == {job[0] for job in some_jobs}
+        np.testing.assert_array_equal(
+            serial[jobs[0][0]].tables.user, trained[jobs[0][0]].tables.user
+        )
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "slots"), [(2, [1, 1], 2), (2, [1, 2], 1), (16, [4], 4), (1, [2], 1)]
+)
+def test_a_machine_trains_as_many_teachers_at_once_as_its_cores_hold(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: list[int], slots: int
+) -> None:
+    from cadc_ray import pipeline
+    from cadc_ray.config import ExperimentConfig, from_dict
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    configs = [
+        from_dict(ExperimentConfig, {"resources": {"torch_threads": count}}, "c")
+        for count in threads
+    ]
+    assert pipeline.machine_teacher_slots(configs) == slots

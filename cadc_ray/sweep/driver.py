@@ -46,6 +46,7 @@ from cadc_ray.pipeline import (
     SavedTeachers,
     Teacher,
     data_key,
+    machine_teacher_slots,
     prepare_inputs,
     put_tables,
     train_teachers,
@@ -436,9 +437,17 @@ def pretrain_all(
             continue
         resources = stage_resources(config.resources, use_gpu=use_gpu, own_local_ray=own_local_ray)
         jobs.append((key, replace(config, resources=resources), datasets[data_key(config)]))
-    # Teachers to train run at once, each in a Ray task (pipeline.train_teachers).
+    # Teachers to train run at once, each in a Ray task (pipeline.train_teachers); on
+    # this machine's own Ray, no more than its cores hold.
+    at_once = machine_teacher_slots([job[1] for job in jobs]) if own_local_ray else None
     found.update(
-        train_teachers(jobs, teachers=saved, use_gpu=use_gpu, storage_path=train_storage_path)
+        train_teachers(
+            jobs,
+            teachers=saved,
+            use_gpu=use_gpu,
+            storage_path=train_storage_path,
+            max_at_once=at_once,
+        )
     )
     refs: dict[str, list[Any]] = {}
     seconds: dict[str, float] = {}
