@@ -303,15 +303,19 @@ def teacher_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, A
 
 
 def machine_teacher_slots(configs: Sequence[ExperimentConfig]) -> int:
-    """How many teachers this machine trains at once without oversubscribing its cores:
-    its CPUs over the largest ``resources.torch_threads``. A locally started Ray has more
-    logical CPUs than cores (``runtime.session.local_ray_cpus``); teachers packed by those
-    ran 2-2.5x slower each on the 2-core machine (docs/sweeps.md), which distorts their
-    seconds, part of a trial's ``total_seconds`` objective."""
+    """How many teachers this machine trains at once: its cores but one (the driver's and
+    Ray's own processes) over the largest ``resources.torch_threads``, at least 1.
+
+    Why not Ray's logical CPUs: a locally started Ray has more of them than cores
+    (``runtime.session.local_ray_cpus``). On the 2-core machine, 4 teachers at once took
+    15-28 s each against 6-12 s one after the other, and 2 at once 7-23 s; the sweep did
+    not get faster (53 and 58 s against 55 s, docs/sweeps.md). Their seconds are part of
+    a trial's ``total_seconds`` objective, so contention would distort it too.
+    """
     import os
 
     threads = max((config.resources.torch_threads for config in configs), default=1)
-    return max(1, (os.cpu_count() or 1) // max(1, threads))
+    return max(1, ((os.cpu_count() or 1) - 1) // max(1, threads))
 
 
 def train_teachers(

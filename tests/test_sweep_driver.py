@@ -240,7 +240,7 @@ def test_teachers_train_at_once_in_ray_tasks_and_match_the_driver_s(
 
 
 @pytest.mark.parametrize(
-    ("cores", "threads", "slots"), [(2, [1, 1], 2), (2, [1, 2], 1), (16, [4], 4), (1, [2], 1)]
+    ("cores", "threads", "slots"), [(2, [1, 1], 1), (3, [1, 1], 2), (16, [2, 4], 3), (1, [2], 1)]
 )
 def test_a_machine_trains_as_many_teachers_at_once_as_its_cores_hold(
     monkeypatch: pytest.MonkeyPatch, cores: int, threads: list[int], slots: int
