@@ -240,9 +240,10 @@ def _split_with_ray(
         return batch.append_column(RANGE_COLUMN, pa.array(user_range_of(users, num_users, ranges)))
 
     # Pass 1: every read block writes its rows under user_range=k/ (no shuffle). One read
-    # block per range: by default Ray Data packs the shards into 128 MiB read tasks, two
-    # for 10^7 rows, and with one CPU in Ray Data's budget they ran one after the other
-    # (pass 1 in 23.7 s, against 7.2 s this way; docs/results.md, "Scale").
+    # block per range: Ray Data's default reader packed the shards into 128 MiB read
+    # tasks, two for 10^7 rows, and with one CPU in Ray Data's budget they ran one after
+    # the other (pass 1 in 23.7 s, against 7.2 s this way; docs/results.md, "Scale").
+    # The V1 reader we use (data.ray_read) reads at most one task per file.
     (
         read_parquet(interactions_dir(prepared), override_num_blocks=ranges)
         .map_batches(tag_range, batch_format="pyarrow", zero_copy_batch=True)
