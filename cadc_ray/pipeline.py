@@ -386,7 +386,9 @@ def train_teachers(
         result: PretrainResult = ray.get(done)
         teachers.save(key, result)  # as it finishes: an interrupted sweep keeps it
         logger.info("pretraining %s done in %.1f s", key, result.seconds)
-        trained[key] = Teacher(key, result.tables, float(result.seconds), False, result)
+        trained[key] = Teacher(
+            key, result.tables, float(result.seconds), reused=False, result=result
+        )
     return trained
 
 
