@@ -494,3 +494,34 @@ def test_a_sweep_with_more_samples_than_points_runs_each_point_once(
     assert not outcome.interrupted
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert summary["search_ended"] == outcome.search_ended and summary["trials"] == 3
+
+
+def test_check_says_how_many_trials_an_optuna_search_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--check``: 6 samples of a 3-point space run 3 trials; a continuous space runs
+    ``num_samples``."""
+    import yaml
+
+    from cadc_ray.sweep.cli import main
+
+    raw = {
+        "name": "small",
+        "base_config": runnable_sweep_base(),
+        "space": SMALL_SPACE,
+        "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0},
+        "objectives": [{"metric": "val_hr@10", "mode": "max"}],
+        "num_samples": 6,
+        "output_dir": str(tmp_path / "out"),
+    }
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main([str(path), "--check"]) == 0
+    assert (
+        "  3 Optuna trials over ['method', 'data.filter_ratio'] (the space has 3 distinct points)"
+        in (capsys.readouterr().out)
+    )
+    raw["space"] = {"train.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main([str(path), "--check"]) == 0
+    assert "  6 Optuna trials over ['train.learning_rate']\n" in capsys.readouterr().out

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from cadc_ray.sweep.space import (
             distinct_pretrain_configs,
+            distinct_trial_count,
             grid_points,
             trial_configs_for_setup,
         )
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{list(spec.final_seeds)}"
             )
         else:
-            print(f"  {spec.num_samples} Optuna trials over {[key for key, _ in spec.space]}")
+            distinct = distinct_trial_count(spec)
+            runs = spec.num_samples if distinct is None else min(spec.num_samples, distinct)
+            of_space = "" if distinct is None else f" (the space has {distinct} distinct points)"
+            print(f"  {runs} Optuna trials over {[key for key, _ in spec.space]}{of_space}")
         pretraining = distinct_pretrain_configs(trial_configs_for_setup(spec))
         print(f"  pretraining runs before the trials: {sorted(pretraining) or 'none'}")
         return 0
