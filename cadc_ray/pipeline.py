@@ -254,31 +254,21 @@ def pretrain(
         return found
     if announce:
         logger.info("pretraining %s (%s, d=%d)", key, config.method, config.pretrain.embedding_dim)
-    # Looked up at call time: tests count the stage-1 runs by replacing fit_pretrain.
-    from cadc_ray.runtime.pretrain import fit_pretrain
-
-    result = fit_pretrain(
-        config,
-        dataset.split,
-        num_users=dataset.num_users,
-        num_items=dataset.num_items,
-        use_gpu=use_gpu,
-        run_name=run_name,
-        storage_path=storage_path,
-    )
+    result = fit_teacher(config, dataset, use_gpu, run_name, storage_path)
     if teachers is not None:
         teachers.save(key, result)
     return Teacher(key, result.tables, float(result.seconds), reused=False, result=result)
 
 
-def _train_teacher_task(
+def fit_teacher(
     config: ExperimentConfig,
     dataset: DatasetInputs,
     use_gpu: bool,
     run_name: str,
     storage_path: str,
 ) -> PretrainResult:
-    """Body of the Ray task that trains one teacher (:func:`train_teachers`)."""
+    """Stage 1 of ``config`` on ``dataset``'s D_full (``runtime.pretrain.fit_pretrain``): in
+    the driver (:func:`pretrain`) or as the body of a Ray task (:func:`train_teachers`)."""
     from cadc_ray.runtime.pretrain import fit_pretrain
 
     return fit_pretrain(
@@ -365,7 +355,7 @@ def train_teachers(
         return trained
     import ray
 
-    task = ray.remote(_train_teacher_task)
+    task = ray.remote(fit_teacher)
     waiting = list(in_tasks)
     pending: dict[Any, str] = {}
     while waiting or pending:

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             distinct_pretrain_configs,
             distinct_trial_count,
             grid_points,
+            searched_trial_count,
             trial_configs_for_setup,
         )
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             distinct = distinct_trial_count(spec)
-            runs = spec.num_samples if distinct is None else min(spec.num_samples, distinct)
+            runs = searched_trial_count(spec, spec.num_samples)
             of_space = "" if distinct is None else f" (the space has {distinct} distinct points)"
             print(f"  {runs} Optuna trials over {[key for key, _ in spec.space]}{of_space}")
         pretraining = distinct_pretrain_configs(trial_configs_for_setup(spec))

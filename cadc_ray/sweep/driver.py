@@ -62,6 +62,7 @@ from cadc_ray.sweep.space import (
     grid_points,
     pretrain_key,
     resolve_trial_config,
+    searched_trial_count,
     trial_configs_for_setup,
 )
 from cadc_ray.sweep.spec import SweepSpec, known_metrics
@@ -776,8 +777,7 @@ def expected_trials(spec: SweepSpec) -> int:
     :func:`search_ended`)."""
     if spec.searcher.kind == "grid":
         return len(grid_points(spec))
-    distinct = distinct_trial_count(spec)
-    return spec.num_samples if distinct is None else min(spec.num_samples, distinct)
+    return searched_trial_count(spec, spec.num_samples)
 
 
 def search_ended(spec: SweepSpec, output_dir: Path) -> str | None:

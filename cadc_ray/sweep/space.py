@@ -183,6 +183,13 @@ def distinct_trial_count(spec: SearchSpec) -> int | None:
     return len(_distinct_effective(spec.base_config, raw_points))
 
 
+def searched_trial_count(spec: SearchSpec, num_samples: int) -> int:
+    """How many trials a search of ``num_samples`` runs: no more than the space's distinct
+    trials (:func:`distinct_trial_count`), since no point runs twice."""
+    distinct = distinct_trial_count(spec)
+    return num_samples if distinct is None else min(num_samples, distinct)
+
+
 def candidate_points(spec: SearchSpec, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """Configs to validate eagerly, labelled for error messages.
 
