@@ -266,9 +266,9 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
     from cadc_ray.runtime.pretrain import fit_pretrain
 
     num_users, num_items, epochs, kill_after_epoch = 200, 100, 5, 2
-    # Enough rows for the kill to land in the run: the fused MF step trains 12,000 rows in
+    # Enough rows for the kill to land in the run: the fused MF step trained 12,000 rows in
     # 0.02 s per epoch, so a run of that size ended before the state API had shown its
-    # worker (seen 2026-12-01). 600,000 rows take about a second per epoch.
+    # worker (seen 2026-12-01). With 50x the rows the test passed twice in a row alone.
     split = TinySplit(write_tiny_interactions(tmp_path / "train", 600_000, num_users, num_items))
 
     reference = fit_pretrain(
