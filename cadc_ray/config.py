@@ -211,9 +211,11 @@ UseGpu = Literal["auto", "yes", "no"]
 """``resources.use_gpu``: auto uses GPU workers when the cluster has GPUs."""
 
 InProcess = Literal["auto", "never"]
-"""``resources.in_process``: ``auto`` runs a one-worker CPU stage in the command's own
-process when the command started its own local Ray (a worker group there adds its start,
-5.7-7.1 s per stage on 2 cores, and no capacity); ``never`` always starts the worker group."""
+"""``resources.in_process``: ``auto`` runs a one-worker CPU stage in Train's local mode: in
+the command's own process when the command started its own local Ray, in one Ray task on any
+other Ray (a cluster), where a streamed stage keeps its worker group. A worker group adds
+its start, 5.7-8.4 s per stage, and no capacity (``runtime.session.stage_resources``).
+``never`` always starts the worker group."""
 
 Ingest = Literal["auto", "memory", "stream"]
 """``resources.ingest``: how Train workers get their training rows.

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -36,9 +36,12 @@ if TYPE_CHECKING:
     from cadc_ray.data import HeldOutSets, Manifest, SplitPaths
     from cadc_ray.models import PretrainedTables
     from cadc_ray.runtime.pretrain import PretrainResult
+    from cadc_ray.runtime.session import StagePlacement
     from cadc_ray.runtime.ttnn import TTNNInputs
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,11 +240,12 @@ def pretrain(
     use_gpu: bool,
     run_name: str,
     storage_path: str,
+    placement: StagePlacement = "this_process",
     announce: bool = False,
 ) -> Teacher:
     """The teacher of ``config`` (a pretraining method): from ``teachers`` when it holds
     this config's :func:`~cadc_ray.pretrain_key.pretrain_key`, else trained on D_full
-    (``runtime.pretrain.fit_pretrain``) and saved there.
+    (``runtime.pretrain.fit_pretrain``, placed by :func:`call_stage`) and saved there.
 
     ``announce``: log a line naming the key before training (the sweep trains several
     teachers in a row; a single run's console has its stage lines only).
@@ -254,7 +258,15 @@ def pretrain(
         return found
     if announce:
         logger.info("pretraining %s (%s, d=%d)", key, config.method, config.pretrain.embedding_dim)
-    result = fit_teacher(config, dataset, use_gpu, run_name, storage_path)
+    result = call_stage(
+        fit_teacher,
+        (config, dataset, use_gpu, run_name, storage_path),
+        config=config,
+        stage="pretrain",
+        run_name=run_name,
+        use_gpu=use_gpu,
+        placement=placement,
+    )
     if teachers is not None:
         teachers.save(key, result)
     return Teacher(key, result.tables, float(result.seconds), reused=False, result=result)
@@ -282,14 +294,51 @@ def fit_teacher(
     )
 
 
-def teacher_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, Any]:
-    """Ray resources of the task that trains ``config``'s teacher: the stage's own when it
-    trains in the task's process (``num_workers: 0``), none when the task only drives a
-    Train worker group or the ALS task, which reserve their own."""
-    in_task = METHODS[config.method].pretrainer != "als" and config.resources.num_workers == 0
-    if not in_task:
+StageName = Literal["pretrain", "ttnn"]
+
+
+def stage_task_options(config: ExperimentConfig, use_gpu: bool, stage: StageName) -> dict[str, Any]:
+    """Ray resources of a task that runs ``stage`` of ``config``: the stage's own when it
+    trains in the task's process (Train's local mode, ``num_workers: 0``), none when the
+    task only drives a Train worker group or, for an ALS teacher, the ALS task, which
+    reserve their own."""
+    drives_only = config.resources.num_workers > 0 or (
+        stage == "pretrain" and METHODS[config.method].pretrainer == "als"
+    )
+    if drives_only:
         return {"num_cpus": 0}
     return {"num_cpus": config.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
+
+
+def call_stage(
+    fit: Callable[..., T],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    config: ExperimentConfig,
+    stage: StageName,
+    run_name: str,
+    use_gpu: bool,
+    placement: StagePlacement,
+) -> T:
+    """``fit(*args, **kwargs)``, a fit of ``stage`` (``fit_teacher``,
+    ``runtime.ttnn.fit_ttnn``), where ``placement`` (``runtime.session.stage_placement``)
+    says: in one Ray task with the stage's resources (:func:`stage_task_options`), retried
+    on a lost node as often as Train would restart it (``resources.max_failures``) and
+    named ``<config name>/<run_name>`` in the dashboard; else in this process. A fit that
+    only drives (a worker group, the ALS task) is driven from here in any case."""
+    options = stage_task_options(config, use_gpu, stage) if placement == "ray_task" else {}
+    if not options.get("num_cpus"):
+        return fit(*args, **(kwargs or {}))
+    import ray
+
+    task = ray.remote(fit).options(
+        **options,
+        max_retries=config.resources.max_failures,
+        name=f"{config.name}/{run_name}",
+    )
+    result: T = ray.get(task.remote(*args, **(kwargs or {})))
+    return result
 
 
 def machine_teacher_slots(configs: Sequence[ExperimentConfig]) -> int:
@@ -314,20 +363,26 @@ def train_teachers(
     teachers: TeacherStore,
     use_gpu: bool,
     storage_path: str,
+    own_local_ray: bool,
     max_at_once: int | None = None,
 ) -> dict[str, Teacher]:
     """Trains the teachers of ``jobs`` (``(key, config, dataset)``, none of them in
-    ``teachers``), saving each in ``teachers`` as it finishes; ``{key: Teacher}``.
+    ``teachers``; configs with the resources their stage runs with,
+    ``runtime.session.stage_resources``), saving each in ``teachers`` as it finishes;
+    ``{key: Teacher}``.
 
     Up to ``max_at_once`` (None: all) run at once, each in a Ray task
-    (:func:`teacher_task_options`): Ray schedules them on the CPUs (or GPUs, or worker
-    groups) there are, instead of one after the other in the driver. With one at a
-    time, or one teacher, they train in the driver. The Train run of ``key`` is named
-    ``pretrain-<key>``. An in-process stage that streams its rows trains in the driver,
-    one at a time: its Ray Data job needs CPUs that concurrent in-process teachers would
-    hold (docs/ray_notes.md, "CPU budget"). Requires an initialized Ray.
+    (:func:`stage_task_options`): Ray schedules them on the CPUs (or GPUs, or worker
+    groups) there are, instead of one after the other in the driver. With one at a time,
+    or one teacher, on the command's own local Ray (``own_local_ray``) they train in the
+    driver. The Train run of ``key`` is named ``pretrain-<key>``. A local-mode stage that
+    streams its rows trains alone, one after the other: its Ray Data job needs CPUs that
+    concurrent in-process teachers would hold (docs/ray_notes.md, "CPU budget"); in the
+    driver on the command's own Ray, else in a Ray task (:func:`pretrain`'s placement).
+    Requires an initialized Ray.
     """
     from cadc_ray.runtime.ingest import resolve_ingest
+    from cadc_ray.runtime.session import stage_placement
 
     def streams_in_process(config: ExperimentConfig, dataset: DatasetInputs) -> bool:
         return config.resources.num_workers == 0 and (
@@ -337,7 +392,7 @@ def train_teachers(
     trained: dict[str, Teacher] = {}
     in_tasks = [job for job in jobs if not streams_in_process(job[1], job[2])]
     at_once = len(in_tasks) if max_at_once is None else min(max_at_once, len(in_tasks))
-    if at_once < 2:
+    if at_once < 2 and own_local_ray:
         in_tasks = []
     for key, config, dataset in jobs:
         if any(job[0] == key for job in in_tasks):
@@ -349,6 +404,7 @@ def train_teachers(
             use_gpu=use_gpu,
             run_name=f"pretrain-{key}",
             storage_path=storage_path,
+            placement=stage_placement(config.resources, own_local_ray=own_local_ray),
             announce=True,
         )
     if not in_tasks:
@@ -367,9 +423,10 @@ def train_teachers(
                 config.method,
                 config.pretrain.embedding_dim,
             )
-            ref = task.options(**teacher_task_options(config, use_gpu)).remote(
-                config, dataset, use_gpu, f"pretrain-{key}", storage_path
-            )
+            run_name = f"pretrain-{key}"
+            ref = task.options(
+                **stage_task_options(config, use_gpu, "pretrain"), name=f"{config.name}/{run_name}"
+            ).remote(config, dataset, use_gpu, run_name, storage_path)
             pending[ref] = key
         (done,), _ = ray.wait(list(pending), num_returns=1)
         key = pending.pop(done)

@@ -35,6 +35,7 @@ from cadc_ray.methods import METHODS, resolved_integration
 from cadc_ray.pipeline import (
     InMemoryTeachers,
     Teacher,
+    call_stage,
     prepare_data,
     pretrain,
     put_tables,
@@ -90,7 +91,15 @@ def run_experiment(
     """
     from cadc_ray.data import read_held_out
     from cadc_ray.runtime.checkpoint import software_versions
-    from cadc_ray.runtime.session import init_ray, ray_target, resolve_use_gpu, stage_resources
+    from cadc_ray.runtime.ingest import resolve_ingest
+    from cadc_ray.runtime.session import (
+        StagePlacement,
+        init_ray,
+        ray_target,
+        resolve_use_gpu,
+        stage_placement,
+        stage_resources,
+    )
     from cadc_ray.runtime.ttnn import fit_ttnn
 
     # Callers that built the config without load_config may hold relative paths: Train
@@ -114,27 +123,36 @@ def run_experiment(
     try:
         use_gpu = resolve_use_gpu(config.resources)
         own_local_ray = started_ray and ray_target(address) is None
-        # What the stages run with; results.json keeps the config as asked for.
-        stage_config = replace(
-            config,
-            resources=stage_resources(
-                config.resources, use_gpu=use_gpu, own_local_ray=own_local_ray
-            ),
-        )
+
+        def placed(train_path: str | Path) -> tuple[ExperimentConfig, StagePlacement]:
+            """A stage's config with the resources it runs with, and where it runs
+            (``runtime.session``); results.json keeps the config as asked for."""
+            resources = stage_resources(
+                config.resources,
+                use_gpu=use_gpu,
+                own_local_ray=own_local_ray,
+                streams=resolve_ingest(config, train_path) == "stream",
+            )
+            placement = stage_placement(resources, own_local_ray=own_local_ray)
+            return replace(config, resources=resources), placement
+
         split_started = time.perf_counter()
         dataset = split_dataset(prepared, manifest)
         split_seconds = time.perf_counter() - split_started
         teacher: Teacher | None = None
         teacher_quality: dict[str, dict[str, float]] | None = None
         pretrained_refs: list[ray.ObjectRef] | None = None
+        placements: dict[str, StagePlacement] = {}
         if spec.pretrainer is not None:
+            pretrain_config, placements["pretrain"] = placed(dataset.split.train_dir)
             teacher = pretrain(
-                stage_config,
+                pretrain_config,
                 dataset,
                 teachers=InMemoryTeachers(pretrain_cache) if pretrain_cache is not None else None,
                 use_gpu=use_gpu,
                 run_name="pretrain",
                 storage_path=str(storage),
+                placement=placements["pretrain"],
             )
             teacher_quality = teacher_metrics(
                 teacher.tables,
@@ -151,12 +169,16 @@ def run_experiment(
         sample_started = time.perf_counter()
         inputs = ttnn_inputs(config, dataset, pretrained_refs)
         sample_seconds = time.perf_counter() - sample_started
-        ttnn = fit_ttnn(
-            stage_config,
-            inputs,
-            use_gpu=use_gpu,
+        ttnn_config, placements["ttnn"] = placed(inputs.train_path)
+        ttnn = call_stage(
+            fit_ttnn,
+            (ttnn_config, inputs),
+            {"use_gpu": use_gpu, "run_name": "ttnn", "storage_path": str(storage)},
+            config=ttnn_config,
+            stage="ttnn",
             run_name="ttnn",
-            storage_path=str(storage),
+            use_gpu=use_gpu,
+            placement=placements["ttnn"],
         )
     finally:
         if started_ray:
@@ -206,8 +228,10 @@ def run_experiment(
         "num_users": manifest.num_users,
         "num_items": manifest.num_items,
         "num_workers": config.resources.num_workers,
-        # The stages ran in this process (resources.in_process, runtime.session.stage_resources).
-        "in_process": stage_config.resources.num_workers == 0,
+        # Where each stage ran (resources.in_process, runtime.session.stage_placement): a
+        # Train worker group, or Train's local mode in this process or in a Ray task.
+        "stage_placement": placements,
+        "in_process": all(where == "this_process" for where in placements.values()),
         "use_gpu": use_gpu,
         "history": ttnn.history,
         "pretrain_history": pretrain_result.history if pretrain_result else [],

@@ -180,19 +180,24 @@ def _check_results(results: dict[str, Any], cwd: Path) -> None:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("num_workers", [1, 0], ids=["train-worker-group", "in-process"])
+@pytest.mark.parametrize(
+    ("in_process", "placement"),
+    [("never", "worker_group"), ("auto", "ray_task")],
+    ids=["train-worker-group", "local-mode-in-a-ray-task"],
+)
 def test_readme_first_run_command(
     ray_session: None,
     fresh_cwd: Path,
     monkeypatch: pytest.MonkeyPatch,
-    num_workers: int,
+    in_process: str,
+    placement: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     command = documented("run")[0]
     assert "configs/synthetic.yaml" in command
     argv = _with_sets(
         _argv(command, monkeypatch, None),
-        (*SMALL_SYNTHETIC, *FEW_EPOCHS, f"resources.num_workers={num_workers}"),
+        (*SMALL_SYNTHETIC, *FEW_EPOCHS, f"resources.in_process={in_process}"),
     )
     assert run.main(argv) == 0
     out = capsys.readouterr().out
@@ -200,9 +205,11 @@ def test_readme_first_run_command(
     assert f"results: {results_file}" in out
     results = json.loads(results_file.read_text(encoding="utf-8"))
     _check_results(results, fresh_cwd)
-    assert results["num_workers"] == num_workers and results["method"] == "cadc"
-    # The suite's shared Ray is not the command's own: one worker stays a worker group.
-    assert results["in_process"] is (num_workers == 0)
+    assert results["num_workers"] == 1 and results["method"] == "cadc"
+    # The suite's shared Ray is not the command's own: one CPU worker trains in a Ray
+    # task (in Train's local mode), or in a worker group when asked to.
+    assert results["stage_placement"] == {"pretrain": placement, "ttnn": placement}
+    assert results["in_process"] is False
     assert results["teacher_test_percent"] is not None
 
 

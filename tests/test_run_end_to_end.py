@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,3 +129,57 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
     fresh = run.run_experiment(linear_run, run_dir=tmp_path / "fresh")
     assert not fresh["pretrain_reused"]
     assert reused["test"] == fresh["test"] and reused["val"] == fresh["val"]
+
+
+def _finished_tasks(name: str) -> int:
+    """FINISHED Ray tasks called ``name`` (a filter the GCS applies itself: no limit cuts
+    the suite's thousands of other tasks short)."""
+    import ray
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("name", "=", name), ("state", "=", "FINISHED")],
+        raise_on_missing_output=False,
+    )
+    return len(tasks)
+
+
+def test_one_cpu_worker_on_a_ray_it_did_not_start_trains_in_a_task_with_the_same_numbers(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """On a Ray the command did not start (a cluster; here the suite's shared session) one
+    CPU worker trains in Train's local mode inside a Ray task, not in a worker group
+    (docs/scale.md, "Fixed cost per stage"), and the numbers are the worker group's."""
+    import time
+
+    config = _write_tiny_config(tmp_path, "tiny-placement", epochs=3)
+    results: dict[str, dict[str, Any]] = {}
+    for in_process in ("never", "auto"):
+        run_dir = tmp_path / in_process
+        argv = [str(config), "--output", str(run_dir), "--set", "resources.num_workers=1"]
+        assert run.main([*argv, "--set", f"resources.in_process={in_process}"]) == 0
+        results[in_process] = json.loads((run_dir / run.RESULTS_FILE).read_text("utf-8"))
+    group, task = results["never"], results["auto"]
+    assert group["stage_placement"] == {"pretrain": "worker_group", "ttnn": "worker_group"}
+    assert task["stage_placement"] == {"pretrain": "ray_task", "ttnn": "ray_task"}
+    assert not group["in_process"] and not task["in_process"]
+    # Same seed, same numbers: the loop, the rows and the generators do not depend on
+    # where the loop runs.
+    assert task["test"] == group["test"] and task["val"] == group["val"]
+    assert task["teacher_test_percent"] == group["teacher_test_percent"]
+    for history in ("pretrain_history", "history"):
+        assert [epoch["loss"] for epoch in task[history]] == [
+            epoch["loss"] for epoch in group[history]
+        ], history
+    assert task["best_epoch"] == group["best_epoch"] and task["epochs_run"] == 3
+    # Each stage of the "auto" run was one Ray task, named after the experiment and the
+    # Train run (task events reach the state API within about a second).
+    names = ("tiny-placement/pretrain", "tiny-placement/ttnn")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        finished = [_finished_tasks(name) for name in names]
+        if finished == [1, 1]:
+            break
+        time.sleep(0.5)
+    assert finished == [1, 1]

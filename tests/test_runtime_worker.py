@@ -205,23 +205,37 @@ def test_counting_a_folder_batch_by_batch_matches_bincount(tmp_path: Path) -> No
         count_interactions(folder, num_users=4, num_items=2)
 
 
-def test_one_cpu_worker_runs_in_process_only_on_the_commands_own_ray() -> None:
-    from cadc_ray.runtime.session import stage_resources
+def test_one_cpu_worker_runs_in_trains_local_mode_in_this_process_or_in_a_ray_task() -> None:
+    from cadc_ray.runtime.session import stage_placement, stage_resources
 
-    def workers(own_local_ray: bool = True, use_gpu: bool = False, **resources: Any) -> int:
+    def placed(
+        own_local_ray: bool = True, use_gpu: bool = False, streams: bool = False, **resources: Any
+    ) -> tuple[int, str]:
         configured = ResourcesConfig(**{"num_workers": 1, **resources})
-        effective = stage_resources(configured, use_gpu=use_gpu, own_local_ray=own_local_ray)
+        effective = stage_resources(
+            configured, use_gpu=use_gpu, own_local_ray=own_local_ray, streams=streams
+        )
         assert effective.num_workers in (0, configured.num_workers)
         assert effective.cpus_per_worker == configured.cpus_per_worker
-        return effective.num_workers
+        return effective.num_workers, stage_placement(effective, own_local_ray=own_local_ray)
 
-    assert workers() == 0  # the laptop case: a worker group would only add its start
-    assert workers(in_process="never") == 1
-    assert workers(own_local_ray=False) == 1  # a cluster (or a shared session): as asked
-    assert workers(use_gpu=True) == 1
-    assert workers(num_workers=2) == 2
-    assert workers(max_failures=1) == 1  # restarts need Train's worker group
-    assert workers(num_workers=0, own_local_ray=False) == 0
+    # The laptop case: a worker group would only add its start.
+    assert placed() == (0, "this_process")
+    assert placed(streams=True) == (0, "this_process")
+    # A cluster (any Ray the command did not start): the command's process is no place to
+    # train, a task is (a pooled worker process: no controller, worker actor, process group).
+    assert placed(own_local_ray=False) == (0, "ray_task")
+    assert placed(num_workers=0, own_local_ray=False) == (0, "ray_task")
+    # What keeps its worker group: asked for, a GPU, 2+ workers, Train restarts, and a
+    # streamed stage on a cluster.
+    assert placed(in_process="never") == (1, "worker_group")
+    assert placed(in_process="never", own_local_ray=False) == (1, "worker_group")
+    assert placed(use_gpu=True) == (1, "worker_group")
+    assert placed(use_gpu=True, own_local_ray=False) == (1, "worker_group")
+    assert placed(num_workers=2) == (2, "worker_group")
+    assert placed(num_workers=2, own_local_ray=False) == (2, "worker_group")
+    assert placed(max_failures=1) == (1, "worker_group")  # restarts need Train's worker group
+    assert placed(streams=True, own_local_ray=False) == (1, "worker_group")
 
 
 @pytest.mark.ray

@@ -194,17 +194,22 @@ def test_teachers_train_at_once_in_ray_tasks_and_match_the_driver_s(
     ]
     dataset = pipeline.prepare_inputs(configs)[pipeline.data_key(base)]
     options: list[dict[str, Any]] = []
-    original_options = pipeline.teacher_task_options
+    original_options = pipeline.stage_task_options
 
-    def recorded_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, Any]:
-        options.append(original_options(config, use_gpu))
+    def recorded_options(config: ExperimentConfig, use_gpu: bool, stage: str) -> dict[str, Any]:
+        assert stage == "pretrain"
+        options.append(original_options(config, use_gpu, "pretrain"))
         return options[-1]
 
-    monkeypatch.setattr(pipeline, "teacher_task_options", recorded_options)
+    monkeypatch.setattr(pipeline, "stage_task_options", recorded_options)
     saved = pipeline.SavedTeachers(tmp_path / "teachers", reuse=True)
     jobs = [(str(pretrain_key(config)), config, dataset) for config in configs]
     trained = pipeline.train_teachers(
-        jobs, teachers=saved, use_gpu=False, storage_path=str(tmp_path / "train")
+        jobs,
+        teachers=saved,
+        use_gpu=False,
+        storage_path=str(tmp_path / "train"),
+        own_local_ray=True,
     )
     assert options == [{"num_cpus": 1, "num_gpus": 0}] * 2  # one task per teacher
     for key, config, _ in jobs:
@@ -223,17 +228,25 @@ def test_teachers_train_at_once_in_ray_tasks_and_match_the_driver_s(
         reloaded = saved.load(key)  # saved as it finished
         assert reloaded is not None
         np.testing.assert_array_equal(reloaded.tables.user, in_driver.tables.user)
-    # One teacher to train, or one at a time: no task, the driver trains them.
-    for name, some_jobs, at_once in (("one", jobs[:1], None), ("serial", jobs, 1)):
+    # On the command's own Ray, one teacher to train, or one at a time: no task, the
+    # driver trains them. On any other Ray (a cluster) the driver trains none.
+    for name, some_jobs, at_once, own_local_ray, tasks in (
+        ("one", jobs[:1], None, True, 0),
+        ("serial", jobs, 1, True, 0),
+        ("cluster-one", jobs[:1], None, False, 1),
+        ("cluster-serial", jobs, 1, False, 2),
+    ):
         options.clear()
         serial = pipeline.train_teachers(
             some_jobs,
             teachers=pipeline.SavedTeachers(tmp_path / name, reuse=True),
             use_gpu=False,
             storage_path=str(tmp_path / f"train-{name}"),
+            own_local_ray=own_local_ray,
             max_at_once=at_once,
         )
-        assert options == [] and set(serial) == {job[0] for job in some_jobs}
+        assert options == [{"num_cpus": 1, "num_gpus": 0}] * tasks, name
+        assert set(serial) == {job[0] for job in some_jobs}
         np.testing.assert_array_equal(
             serial[jobs[0][0]].tables.user, trained[jobs[0][0]].tables.user
         )

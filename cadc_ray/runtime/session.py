@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from cadc_ray.config import ResourcesConfig
 
@@ -77,30 +77,55 @@ def ray_target(address: str | None) -> str | None:
 
 
 def stage_resources(
-    resources: ResourcesConfig, *, use_gpu: bool, own_local_ray: bool
+    resources: ResourcesConfig, *, use_gpu: bool, own_local_ray: bool, streams: bool
 ) -> ResourcesConfig:
-    """The resources the stages run with: ``resources`` as configured, except that with
+    """The resources a stage runs with: ``resources`` as configured, except that with
     ``in_process: auto`` a one-worker CPU stage without Train restarts
-    (``max_failures: 0``) runs in-process (``num_workers: 0``, Train's local mode) on a
-    local Ray the command started itself (``own_local_ray``).
+    (``max_failures: 0``) runs in Train's local mode (``num_workers: 0``), where
+    :func:`stage_placement` says: in this process on a local Ray the command started itself
+    (``own_local_ray``), in one Ray task on any other Ray (a cluster). On a cluster a stage
+    whose rows stream (``streams``, ``runtime.ingest``) keeps its worker group.
 
-    Why: there the worker group is one more process on the same machine; its start (the
-    controller and the worker import torch and Ray Train, set up a process group) made
-    the fixed cost of an ML-100K stage 7.8-8.7 s on 2 cores, against 0.25-1.4 s
-    in-process, for the same numbers (the loop, the rows and the seeds are the same). On a
-    cluster, GPU and multi-worker stages keep their worker groups, which is where capacity
-    comes from.
+    Why: a worker group is a controller and a worker that are new processes, import torch
+    and Ray Train and set up a process group. That made the fixed cost of an ML-100K stage
+    7.8-8.7 s on 2 cores, against 0.25-1.4 s in-process; on a two-node cluster 7.2-8.4 s
+    against 0.04-0.05 s in a task that Ray starts in a worker process it already has
+    (3.5 s the first time; docs/results.md, "Fixed cost"). The numbers are the same: the
+    loop, the rows and the seeds do not change. GPU and multi-worker stages keep their worker
+    groups, which is where capacity comes from; so does a streamed stage on a cluster, whose
+    epochs dwarf the start and whose Ray Data job needs CPUs a task would hold while it waits.
     """
     if (
         resources.in_process == "auto"
-        and own_local_ray
         and resources.num_workers == 1
         and not use_gpu
         and resources.max_failures == 0
+        and (own_local_ray or not streams)
     ):
-        logger.info("one CPU worker on this machine's own Ray: the stages run in-process")
+        logger.info(
+            "one CPU worker: the stage runs in Train's local mode %s",
+            "in this process" if own_local_ray else "in a Ray task",
+        )
         return replace(resources, num_workers=0)
     return resources
+
+
+StagePlacement = Literal["worker_group", "this_process", "ray_task"]
+"""Where a stage runs: a Train worker group, or Train's local mode in the command's process
+or in one Ray task sized to the stage (``pipeline.call_stage``)."""
+
+
+def stage_placement(resources: ResourcesConfig, *, own_local_ray: bool) -> StagePlacement:
+    """Where a stage with these (effective, :func:`stage_resources`) resources runs.
+
+    Local mode runs in this process only on the command's own local Ray. On any other Ray
+    the command's process is no place to train: on a cluster it is the head node, or a
+    laptop connected over ``ray://``; there a Ray task takes the stage's CPUs (or GPU)
+    wherever the cluster has them.
+    """
+    if resources.num_workers > 0:
+        return "worker_group"
+    return "this_process" if own_local_ray else "ray_task"
 
 
 def init_ray(

@@ -49,6 +49,7 @@ from cadc_ray.pipeline import (
     machine_teacher_slots,
     prepare_inputs,
     put_tables,
+    stage_task_options,
     train_teachers,
     ttnn_inputs,
 )
@@ -124,18 +125,13 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     import ray
     from ray import tune
 
+    from cadc_ray.runtime.ingest import resolve_ingest
     from cadc_ray.runtime.session import stage_resources
     from cadc_ray.runtime.ttnn import fit_ttnn
     from cadc_ray.sweep.callbacks import SweepReportCallback, epoch_result
 
     overrides: dict[str, Any] = dict(config[TRIAL_KEY])
     trial_config = resolve_trial_config(context.base_config, overrides)
-    trial_config = replace(
-        trial_config,
-        resources=stage_resources(
-            trial_config.resources, use_gpu=context.use_gpu, own_local_ray=context.own_local_ray
-        ),
-    )
     trial_id = tune.get_context().get_trial_id()
     dataset = context.datasets[data_key(trial_config)]
     key = pretrain_key(trial_config)
@@ -150,6 +146,15 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         pretrain_seconds = context.pretrain_seconds[key]
     started_at = time.time()
     inputs = ttnn_inputs(trial_config, dataset, refs)
+    trial_config = replace(
+        trial_config,
+        resources=stage_resources(
+            trial_config.resources,
+            use_gpu=context.use_gpu,
+            own_local_ray=context.own_local_ray,
+            streams=resolve_ingest(trial_config, inputs.train_path) == "stream",
+        ),
+    )
     run_name = f"train-{trial_id}"
     if trial_config.resources.num_workers > 0:
         result = fit_ttnn(
@@ -197,8 +202,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 def local_mode_task_options(config: ExperimentConfig, use_gpu: bool) -> dict[str, Any]:
     """Resources of the task that runs a local-mode (``num_workers: 0``) TTNN fit."""
     return {
-        "num_cpus": config.resources.cpus_per_worker,
-        "num_gpus": 1 if use_gpu else 0,
+        **stage_task_options(config, use_gpu, "ttnn"),
         # Outside the trial's placement group (Tune captures child tasks into it).
         "scheduling_strategy": "DEFAULT",
         # A generator task: each epoch's report is an object the trial reads as it comes.
@@ -426,6 +430,7 @@ def pretrain_all(
     The tables are saved under the local ``output_dir`` (:data:`PRETRAINED_DIR`); the
     Train run (checkpoints) goes to ``train_storage_path`` (local path or URI).
     """
+    from cadc_ray.runtime.ingest import resolve_ingest
     from cadc_ray.runtime.session import stage_resources
 
     saved = SavedTeachers(output_dir / PRETRAINED_DIR, reuse=reuse_saved)
@@ -436,8 +441,14 @@ def pretrain_all(
         if teacher is not None:
             found[key] = teacher
             continue
-        resources = stage_resources(config.resources, use_gpu=use_gpu, own_local_ray=own_local_ray)
-        jobs.append((key, replace(config, resources=resources), datasets[data_key(config)]))
+        dataset = datasets[data_key(config)]
+        resources = stage_resources(
+            config.resources,
+            use_gpu=use_gpu,
+            own_local_ray=own_local_ray,
+            streams=resolve_ingest(config, dataset.split.train_dir) == "stream",
+        )
+        jobs.append((key, replace(config, resources=resources), dataset))
     # Teachers to train run at once, each in a Ray task (pipeline.train_teachers); on
     # this machine's own Ray, no more than its cores hold.
     at_once = machine_teacher_slots([job[1] for job in jobs]) if own_local_ray else None
@@ -447,6 +458,7 @@ def pretrain_all(
             teachers=saved,
             use_gpu=use_gpu,
             storage_path=train_storage_path,
+            own_local_ray=own_local_ray,
             max_at_once=at_once,
         )
     )
