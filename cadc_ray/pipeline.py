@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 
 # ---------------------------------------------------------------------------------------
 # Data: prepared folder, split, samples
@@ -310,8 +308,18 @@ def stage_task_options(config: ExperimentConfig, use_gpu: bool, stage: StageName
     return {"num_cpus": config.resources.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
 
 
+class TimedStageResult(Protocol):
+    """A stage's result (``PretrainResult``, ``TTNNResult``: frozen dataclasses)."""
+
+    @property
+    def seconds(self) -> float: ...  # wall time of the stage, its start included
+
+
+StageResult = TypeVar("StageResult", bound=TimedStageResult)
+
+
 def call_stage(
-    fit: Callable[..., T],
+    fit: Callable[..., StageResult],
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None = None,
     *,
@@ -320,16 +328,23 @@ def call_stage(
     run_name: str,
     use_gpu: bool,
     placement: StagePlacement,
-) -> T:
+) -> StageResult:
     """``fit(*args, **kwargs)``, a fit of ``stage`` (``fit_teacher``,
     ``runtime.ttnn.fit_ttnn``), where ``placement`` (``runtime.session.stage_placement``)
     says: in one Ray task with the stage's resources (:func:`stage_task_options`), retried
     on a lost node as often as Train would restart it (``resources.max_failures``) and
     named ``<config name>/<run_name>`` in the dashboard; else in this process. A fit that
-    only drives (a worker group, the ALS task) is driven from here in any case."""
+    only drives (a worker group, the ALS task) is driven from here in any case.
+
+    A task's result has the stage's ``seconds`` as seen from here: the task's start (a
+    worker process, which may import torch first) counts, as a worker group's start does.
+    """
     options = stage_task_options(config, use_gpu, stage) if placement == "ray_task" else {}
     if not options.get("num_cpus"):
         return fit(*args, **(kwargs or {}))
+    import dataclasses
+    import time
+
     import ray
 
     task = ray.remote(fit).options(
@@ -337,8 +352,9 @@ def call_stage(
         max_retries=config.resources.max_failures,
         name=f"{config.name}/{run_name}",
     )
-    result: T = ray.get(task.remote(*args, **(kwargs or {})))
-    return result
+    started = time.perf_counter()
+    result: StageResult = ray.get(task.remote(*args, **(kwargs or {})))
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)  # type: ignore[type-var]
 
 
 def machine_teacher_slots(configs: Sequence[ExperimentConfig]) -> int:
