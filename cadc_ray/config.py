@@ -214,7 +214,7 @@ InProcess = Literal["auto", "never"]
 """``resources.in_process``: ``auto`` runs a one-worker CPU stage in Train's local mode: in
 the command's own process when the command started its own local Ray, in one Ray task on any
 other Ray (a cluster), where a streamed stage keeps its worker group. A worker group adds
-its start, 5.7-8.4 s per stage, and no capacity (``runtime.session.stage_resources``).
+its start, 5.9-8.7 s per stage on ML-100K, and no capacity (``runtime.session.stage_resources``).
 ``never`` always starts the worker group."""
 
 Ingest = Literal["auto", "memory", "stream"]

@@ -88,10 +88,10 @@ def stage_resources(
 
     Why: a worker group is a controller and a worker that are new processes, import torch
     and Ray Train and set up a process group. That made the fixed cost of an ML-100K stage
-    7.8-8.7 s on 2 cores, against 0.25-1.4 s in-process; on a two-node cluster 7.2-8.4 s
-    against 0.04-0.05 s in a task that Ray starts in a worker process it already has
-    (3.5 s the first time; docs/results.md, "Fixed cost"). The numbers are the same: the
-    loop, the rows and the seeds do not change. GPU and multi-worker stages keep their worker
+    7.8-8.7 s on 2 cores, against 0.25-1.4 s in-process; on a two-node cluster 5.9-7.2 s,
+    against 2.2-2.4 s in a task for a command's first stage (a new worker process that
+    imports torch) and 0.8-0.9 s for its second (the same process again) (docs/results.md,
+    "Fixed cost"). The numbers are the same: the loop, the rows and the seeds do not change. GPU and multi-worker stages keep their worker
     groups, which is where capacity comes from; so does a streamed stage on a cluster, whose
     epochs dwarf the start and whose Ray Data job needs CPUs a task would hold while it waits.
     """

@@ -168,7 +168,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     else:
         fit_started = time.perf_counter()
         stream = _local_mode_fit.options(
-            **local_mode_task_options(trial_config, context.use_gpu)
+            **local_mode_task_options(trial_config, context.use_gpu),
+            name=f"{trial_config.name}/{run_name}",  # as pipeline.call_stage names its tasks
         ).remote(trial_config, inputs, context.use_gpu, run_name, context.train_storage_path)
         result = None
         try:
