@@ -383,10 +383,13 @@ def start_worker_stage(
 ) -> tuple[ExperimentConfig, StageEnvironment]:
     """What every ``train_loop_per_worker`` starts with: Train's console lines quieted, the
     config carried (as a plain dict) through ``train_loop_config``, the torch threads it
-    asks for, and this worker's :func:`train_environment`."""
+    asks for, the host allocator set for training (``runtime.device.tune_cpu_allocator``),
+    and this worker's :func:`train_environment`."""
     from cadc_ray.console import quiet_train_worker
+    from cadc_ray.runtime.device import tune_cpu_allocator
 
     quiet_train_worker()
     config = from_dict(ExperimentConfig, loop_config["config"], "<train_loop_config>")
     torch.set_num_threads(config.resources.torch_threads)
+    tune_cpu_allocator()  # steps reuse freed host memory instead of faulting in new pages
     return config, train_environment(stage, loop_config)
