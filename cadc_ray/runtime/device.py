@@ -488,8 +488,9 @@ def tune_cpu_allocator() -> bool:
     Why: with glibc's defaults a tensor of a few MiB gets its own mmap, or a piece of a heap
     top that was handed back when the last one was freed, and its pages fault in again at
     every step. A row-sparse MF Adam step over 6,709 of 20,000 rows of 96 floats, plus a
-    table-sized gradient buffer, faulted 470-1,230 pages a step in most runs (none in
-    others, as glibc's own threshold happened to adapt); tuned, none. With the defaults,
+    table-sized gradient buffer, faulted 470-1,227 pages a step in 5 of 8 new processes
+    (none in the other 3, where glibc's own threshold happened to adapt); tuned, none in 6
+    of 8 and 13 in 2. With the defaults,
     MF epochs on 10^6 rows now and then ran at half speed (docs/results.md, "Host
     allocator"). This is PyTorch's usual CPU advice (a caching malloc such as jemalloc)
     without a preloaded library. The cost: up to :data:`CPU_TRIM_THRESHOLD_BYTES` of free
