@@ -154,6 +154,8 @@ def run_experiment(
                 storage_path=str(storage),
                 placement=placements["pretrain"],
             )
+            if teacher.reused:  # trained by an earlier run: nothing ran here
+                del placements["pretrain"]
             teacher_quality = teacher_metrics(
                 teacher.tables,
                 read_held_out(

@@ -123,6 +123,10 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
     assert list(cache) == [pretrain_key(teacher_run)] and not first["pretrain_reused"]
     reused = run.run_experiment(linear_run, run_dir=tmp_path / "reused", pretrain_cache=cache)
     assert reused["pretrain_reused"] and len(cache) == 1
+    # The reused teacher's stage ran in no place of this run (num_workers 0 on the suite's
+    # shared Ray: Train's local mode in a Ray task).
+    assert first["stage_placement"] == {"pretrain": "ray_task", "ttnn": "ray_task"}
+    assert reused["stage_placement"] == {"ttnn": "ray_task"}
     assert reused["pretrain_seconds"] == first["pretrain_seconds"]
     assert set(first["teacher_test_percent"]) == {"hr@10", "ndcg@10"}
     assert reused["teacher_test_percent"] == first["teacher_test_percent"]  # one teacher
