@@ -126,13 +126,50 @@ class StageProgress:
         return ", ".join(parts)
 
 
+TRAIN_LOCAL_MODE_LOGGERS = (
+    "ray.train.v2.api.config",  # "Running in local mode ..." at every local-mode fit
+    "ray.train.v2._internal.execution.train_fn_utils",  # "Reported metrics: {...}" per epoch
+    "ray.train.v2.torch.train_loop_utils",  # "Moving model to device: cpu"
+)
+"""Ray Train's INFO lines in local mode (``num_workers: 0``). They are logged in the process
+that runs the stage, where Train's ``LoggingConfig`` does not apply; the package's own
+epoch line says the same for people."""
+
+
+def quiet_train_logs() -> None:
+    """Raises Train's local-mode loggers (:data:`TRAIN_LOCAL_MODE_LOGGERS`) to WARNING,
+    unless verbose. Called before a stage's ``TorchTrainer`` is built and in its loop."""
+    if is_verbose():
+        return
+    for name in TRAIN_LOCAL_MODE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def quiet_train_worker() -> None:
     """Called first in every Train worker loop: Ray Train's per-report INFO line
     ("Reporting training result ...") is logged under a logger named after its *file*
     (``ray/train/v2/_internal/execution/context.py``), outside ``ray.train``, so Train's
-    ``LoggingConfig`` does not reach it. Raise that one logger to WARNING unless verbose."""
+    ``LoggingConfig`` does not reach it. Raise that one logger to WARNING unless verbose,
+    and the local-mode ones (:func:`quiet_train_logs`)."""
     if is_verbose():
         return
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    quiet_train_logs()
+
+
+def task_console() -> None:
+    """The console of a Ray task that runs a stage in Train's local mode
+    (``pipeline.call_stage``): the package's lines (one per epoch) go to the task's stdout,
+    which Ray shows on the driver's console after the task's name, as the lines of a Train
+    worker group's workers; Train's local-mode chatter is quieted. A worker process that
+    runs such tasks again keeps the one handler."""
+    package_logger = logging.getLogger("cadc_ray")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(_ConsoleFormatter())
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False
+    quiet_train_logs()

@@ -347,14 +347,24 @@ def call_stage(
 
     import ray
 
-    task = ray.remote(fit).options(
+    task: Any = ray.remote(_stage_in_task).options(
         **options,
         max_retries=config.resources.max_failures,
         name=f"{config.name}/{run_name}",
     )
     started = time.perf_counter()
-    result: StageResult = ray.get(task.remote(*args, **(kwargs or {})))
+    result: StageResult = ray.get(task.remote(fit, args, kwargs or {}))
     return dataclasses.replace(result, seconds=time.perf_counter() - started)  # type: ignore[type-var]
+
+
+def _stage_in_task(
+    fit: Callable[..., StageResult], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> StageResult:
+    """The body of :func:`call_stage`'s task: the stage's console lines on, then the fit."""
+    from cadc_ray.console import task_console
+
+    task_console()
+    return fit(*args, **kwargs)
 
 
 def machine_teacher_slots(configs: Sequence[ExperimentConfig]) -> int:
@@ -402,7 +412,7 @@ def train_teachers(
 
     def streams_in_process(config: ExperimentConfig, dataset: DatasetInputs) -> bool:
         return config.resources.num_workers == 0 and (
-            resolve_ingest(config, dataset.split.train_dir) == "stream"
+            resolve_ingest(config, dataset.split.train_dir, announce=False) == "stream"
         )
 
     trained: dict[str, Teacher] = {}

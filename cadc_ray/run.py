@@ -131,7 +131,7 @@ def run_experiment(
                 config.resources,
                 use_gpu=use_gpu,
                 own_local_ray=own_local_ray,
-                streams=resolve_ingest(config, train_path) == "stream",
+                streams=resolve_ingest(config, train_path, announce=False) == "stream",
             )
             placement = stage_placement(resources, own_local_ray=own_local_ray)
             return replace(config, resources=resources), placement

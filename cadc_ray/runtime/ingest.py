@@ -62,10 +62,14 @@ def parquet_rows(path: str | Path) -> int:
     return sum(fragment.metadata.num_rows for fragment in dataset.get_fragments())
 
 
-def resolve_ingest(config: ExperimentConfig, path: str | Path) -> ResolvedIngest:
+def resolve_ingest(
+    config: ExperimentConfig, path: str | Path, *, announce: bool = True
+) -> ResolvedIngest:
     """``resources.ingest`` for the training folder ``path``: ``auto`` streams above
     ``resources.stream_above_rows`` rows, except for the rebalancing methods (they
-    resample the whole set in memory; ``stream`` is rejected for them at config load)."""
+    resample the whole set in memory; ``stream`` is rejected for them at config load).
+    ``announce``: log what ``auto`` chose (the stage's own call does; a caller that only
+    plans where the stage runs does not, so the console says it once)."""
     from cadc_ray.methods import METHODS
 
     resources = config.resources
@@ -75,6 +79,8 @@ def resolve_ingest(config: ExperimentConfig, path: str | Path) -> ResolvedIngest
         return "memory"
     rows = parquet_rows(path)
     chosen: ResolvedIngest = "stream" if rows > resources.stream_above_rows else "memory"
+    if not announce:
+        return chosen
     logger.info(
         "ingest auto: %d training rows (stream above %d) -> %s",
         rows,

@@ -60,9 +60,10 @@ def run_torch_trainer(
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from cadc_ray.console import train_log_level
+    from cadc_ray.console import quiet_train_logs, train_log_level
     from cadc_ray.runtime.device import torch_config
 
+    quiet_train_logs()  # local mode logs in this process, outside Train's LoggingConfig
     resources = config.resources
     per_worker: dict[str, float] = {"CPU": float(resources.cpus_per_worker)}
     if use_gpu:

@@ -152,7 +152,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             trial_config.resources,
             use_gpu=context.use_gpu,
             own_local_ray=context.own_local_ray,
-            streams=resolve_ingest(trial_config, inputs.train_path) == "stream",
+            streams=resolve_ingest(trial_config, inputs.train_path, announce=False) == "stream",
         ),
     )
     run_name = f"train-{trial_id}"
@@ -451,7 +451,7 @@ def pretrain_all(
             config.resources,
             use_gpu=use_gpu,
             own_local_ray=own_local_ray,
-            streams=resolve_ingest(config, dataset.split.train_dir) == "stream",
+            streams=resolve_ingest(config, dataset.split.train_dir, announce=False) == "stream",
         )
         jobs.append((key, replace(config, resources=resources), dataset))
     # Teachers to train run at once, each in a Ray task (pipeline.train_teachers); on
