@@ -166,10 +166,15 @@ def task_console() -> None:
     worker group's workers; Train's local-mode chatter is quieted. A worker process that
     runs such tasks again keeps the one handler."""
     package_logger = logging.getLogger("cadc_ray")
-    if not package_logger.handlers:
+    if not any(getattr(handler, TASK_CONSOLE_MARK, False) for handler in package_logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(_ConsoleFormatter())
+        setattr(handler, TASK_CONSOLE_MARK, True)
         package_logger.addHandler(handler)
-        package_logger.setLevel(logging.INFO)
-        package_logger.propagate = False
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
     quiet_train_logs()
+
+
+TASK_CONSOLE_MARK = "cadc_ray_task_console"
+"""Set on :func:`task_console`'s handler, so that a second call finds it."""
