@@ -487,14 +487,14 @@ def tune_cpu_allocator() -> bool:
 
     Why: with glibc's defaults a tensor of a few MiB gets its own mmap, or a piece of a heap
     top that was handed back when the last one was freed, and its pages fault in again at
-    every step. A row-sparse MF Adam step over 6,709 of 20,000 rows of 96 floats, plus a
-    table-sized gradient buffer, faulted 470-1,227 pages a step in 5 of 8 new processes
-    (none in the other 3, where glibc's own threshold happened to adapt); tuned, none in 6
-    of 8 and 13 in 2. With the defaults,
-    MF epochs on 10^6 rows now and then ran at half speed (docs/results.md, "Host
-    allocator"). This is PyTorch's usual CPU advice (a caching malloc such as jemalloc)
-    without a preloaded library. The cost: up to :data:`CPU_TRIM_THRESHOLD_BYTES` of free
-    memory per malloc arena stays with the process.
+    every step. Counted by hand (2026-12-01, 8 new processes each way) for a row-sparse MF
+    Adam step over 6,709 of 20,000 rows of 96 floats plus a table-sized gradient buffer:
+    with the defaults 470-1,227 page faults a step in 5 processes and none in the other 3
+    (glibc's own threshold happened to adapt); tuned, none in 6 and 13 in 2. MF epochs
+    with the defaults now and then ran at half speed; tuned, 1.51x faster on average
+    (docs/results.md, "Host allocator"). This is PyTorch's usual CPU advice (a caching
+    malloc such as jemalloc) without a preloaded library. The cost: up to
+    :data:`CPU_TRIM_THRESHOLD_BYTES` of free memory per malloc arena stays with the process.
 
     Left alone: a process whose environment sets glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
     ``MALLOC_TRIM_THRESHOLD_`` (the user's choice wins), and non-glibc C libraries
