@@ -19,7 +19,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -130,16 +132,15 @@ def test_token_is_the_one_in_the_default_file(ray_session: None) -> None:
 # A tiny stage seen through the state API and the metrics endpoint
 
 
-def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_path: Path) -> None:
-    """A TTNN stage (method Random: no pretraining) seen live through the dashboard."""
+def _tiny_ttnn_stage(tmp_path: Path, epochs: int, num_workers: int) -> tuple[Any, Any]:
+    """A TTNN stage of method Random (no pretraining) on tiny synthetic data: (config, inputs)."""
     from cadc_ray.data import Manifest, materialize_split, prepare_dataset
-    from cadc_ray.runtime.ttnn import build_ttnn_inputs, fit_ttnn
+    from cadc_ray.runtime.ttnn import build_ttnn_inputs
 
-    run_name = f"monitor-{os.getpid()}-{time.monotonic_ns()}"
-    epochs = 3
     config = from_dict(
         ExperimentConfig,
         {
+            "name": "monitored",
             "method": "random",
             "output_root": str(tmp_path / "runs"),
             "data": {
@@ -159,17 +160,21 @@ def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_pa
                 "output_dim": 8,
             },
             "train": {"epochs": epochs, "batch_size": 128, "early_stopping_patience": 0},
-            "resources": {"num_workers": 1, "use_gpu": "no", "torch_threads": 1},
+            "resources": {"num_workers": num_workers, "use_gpu": "no", "torch_threads": 1},
         },
         "tests/test_monitoring.py",
     )
     prepared = prepare_dataset(config.data, tmp_path / "runs")
     inputs = build_ttnn_inputs(config, prepared, materialize_split(prepared), None)
     assert inputs.num_users == Manifest.load(prepared).num_users
-    stage, outcome = start_in_background(
-        "tiny-stage",
-        lambda: fit_ttnn(config, inputs, run_name=run_name, storage_path=str(tmp_path / "storage")),
-    )
+    return config, inputs
+
+
+def _watch_gauges(fit: Callable[[], Any], run_name: str) -> tuple[Any, dict[str, float], bool]:
+    """Runs ``fit`` in the background and polls the metrics endpoint (and the Train state
+    API) while it runs -> (its result, the largest value of each gauge seen for
+    ``run_name``, whether the Train run showed as active)."""
+    stage, outcome = start_in_background("tiny-stage", fit)
     endpoint = metrics_endpoint()
     seen: dict[str, float] = {}
     seen_active = False
@@ -194,15 +199,31 @@ def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_pa
     assert not stage.is_alive(), f"stage still running after {RUN_TIMEOUT_SECONDS} s"
     if "error" in outcome:
         raise outcome["error"]
+    return outcome["result"], seen, seen_active
 
-    result = outcome["result"]
-    assert result.epochs_run == epochs
-    # Custom gauges, as Prometheus exposes them (tagged with stage and run name).
+
+def _check_gauges(seen: dict[str, float], run_name: str, epochs: int, result: Any) -> None:
+    """Custom gauges, as Prometheus exposes them (tagged with stage and run name)."""
     assert set(CUSTOM_GAUGES) <= set(seen), f"gauges seen for {run_name}: {seen}"
     assert 1 <= seen["ray_cadc_epoch"] <= epochs
     assert seen["ray_cadc_samples_per_second"] > 0
     assert 0 <= seen["ray_cadc_validation_hr_at_10"] <= 1
     assert seen["ray_cadc_validation_hr_at_10"] <= result.best_val_metrics["hr@10"] + 1e-9
+
+
+def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_path: Path) -> None:
+    """A TTNN stage on a worker group seen live through the dashboard."""
+    from cadc_ray.runtime.ttnn import fit_ttnn
+
+    run_name = f"monitor-{os.getpid()}-{time.monotonic_ns()}"
+    epochs = 3
+    config, inputs = _tiny_ttnn_stage(tmp_path, epochs, num_workers=1)
+    result, seen, seen_active = _watch_gauges(
+        lambda: fit_ttnn(config, inputs, run_name=run_name, storage_path=str(tmp_path / "storage")),
+        run_name,
+    )
+    assert result.epochs_run == epochs
+    _check_gauges(seen, run_name, epochs, result)
 
     # The Train V2 state API: the run, its settings and its (single) attempt.
     run = train_run_named(run_name)
@@ -212,3 +233,32 @@ def test_train_run_and_custom_gauges_visible_over_http(ray_session: None, tmp_pa
     assert len(attempts) == 1 and attempts[0]["status"] == "FINISHED"
     assert [worker["world_rank"] for worker in attempts[0]["workers"]] == [0]
     assert seen_active, "the run never showed as active in the state API while it ran"
+
+
+def test_a_local_mode_stage_in_a_ray_task_exports_the_same_gauges(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """On a cluster a one-CPU-worker stage runs in Train's local mode inside a Ray task
+    (``pipeline.call_stage``; docs/scale.md): its gauges reach the node's metrics endpoint
+    from that task's process as a worker's do."""
+    from cadc_ray.pipeline import call_stage
+    from cadc_ray.runtime.ttnn import fit_ttnn
+
+    run_name = f"monitor-task-{os.getpid()}-{time.monotonic_ns()}"
+    epochs = 3
+    config, inputs = _tiny_ttnn_stage(tmp_path, epochs, num_workers=0)
+    result, seen, _ = _watch_gauges(
+        lambda: call_stage(
+            fit_ttnn,
+            (config, inputs),
+            {"run_name": run_name, "storage_path": str(tmp_path / "storage")},
+            config=config,
+            stage="ttnn",
+            run_name=run_name,
+            use_gpu=False,
+            placement="ray_task",
+        ),
+        run_name,
+    )
+    assert result.epochs_run == epochs
+    _check_gauges(seen, run_name, epochs, result)
