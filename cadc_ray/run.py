@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 from collections.abc import MutableMapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,14 +90,12 @@ def run_experiment(
     """
     from cadc_ray.data import read_held_out
     from cadc_ray.runtime.checkpoint import software_versions
-    from cadc_ray.runtime.ingest import resolve_ingest
     from cadc_ray.runtime.session import (
         StagePlacement,
         init_ray,
+        plan_stage,
         ray_target,
         resolve_use_gpu,
-        stage_placement,
-        stage_resources,
     )
     from cadc_ray.runtime.ttnn import fit_ttnn
 
@@ -124,18 +121,6 @@ def run_experiment(
         use_gpu = resolve_use_gpu(config.resources)
         own_local_ray = started_ray and ray_target(address) is None
 
-        def placed(train_path: str | Path) -> tuple[ExperimentConfig, StagePlacement]:
-            """A stage's config with the resources it runs with, and where it runs
-            (``runtime.session``); results.json keeps the config as asked for."""
-            resources = stage_resources(
-                config.resources,
-                use_gpu=use_gpu,
-                own_local_ray=own_local_ray,
-                streams=resolve_ingest(config, train_path, announce=False) == "stream",
-            )
-            placement = stage_placement(resources, own_local_ray=own_local_ray)
-            return replace(config, resources=resources), placement
-
         split_started = time.perf_counter()
         dataset = split_dataset(prepared, manifest)
         split_seconds = time.perf_counter() - split_started
@@ -144,7 +129,11 @@ def run_experiment(
         pretrained_refs: list[ray.ObjectRef] | None = None
         placements: dict[str, StagePlacement] = {}
         if spec.pretrainer is not None:
-            pretrain_config, placements["pretrain"] = placed(dataset.split.train_dir)
+            # Each stage's config runs with its own resources; results.json keeps the
+            # config as asked for.
+            pretrain_config, placements["pretrain"] = plan_stage(
+                config, dataset.split.train_dir, use_gpu=use_gpu, own_local_ray=own_local_ray
+            )
             teacher = pretrain(
                 pretrain_config,
                 dataset,
@@ -171,7 +160,9 @@ def run_experiment(
         sample_started = time.perf_counter()
         inputs = ttnn_inputs(config, dataset, pretrained_refs)
         sample_seconds = time.perf_counter() - sample_started
-        ttnn_config, placements["ttnn"] = placed(inputs.train_path)
+        ttnn_config, placements["ttnn"] = plan_stage(
+            config, inputs.train_path, use_gpu=use_gpu, own_local_ray=own_local_ray
+        )
         ttnn = call_stage(
             fit_ttnn,
             (ttnn_config, inputs),

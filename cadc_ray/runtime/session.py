@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
-from cadc_ray.config import ResourcesConfig
+from cadc_ray.config import ExperimentConfig, ResourcesConfig
 
 # The CLIs and the sweep driver call it from here; it decides with every other device
 # choice in the device module.
@@ -91,9 +92,10 @@ def stage_resources(
     7.8-8.7 s on 2 cores, against 0.25-1.4 s in-process; on a two-node cluster 5.9-7.2 s,
     against 2.2-2.4 s in a task for a command's first stage (a new worker process that
     imports torch) and 0.8-0.9 s for its second (the same process again) (docs/results.md,
-    "Fixed cost"). The numbers are the same: the loop, the rows and the seeds do not change. GPU and multi-worker stages keep their worker
-    groups, which is where capacity comes from; so does a streamed stage on a cluster, whose
-    epochs dwarf the start and whose Ray Data job needs CPUs a task would hold while it waits.
+    "Fixed cost"). The numbers are the same: the loop, the rows and the seeds do not
+    change. GPU and multi-worker stages keep their worker groups, which is where capacity
+    comes from; so does a streamed stage on a cluster, whose epochs dwarf the start and
+    whose Ray Data job needs CPUs a task would hold while it waits.
     """
     if (
         resources.in_process == "auto"
@@ -126,6 +128,25 @@ def stage_placement(resources: ResourcesConfig, *, own_local_ray: bool) -> Stage
     if resources.num_workers > 0:
         return "worker_group"
     return "this_process" if own_local_ray else "ray_task"
+
+
+def plan_stage(
+    config: ExperimentConfig, train_path: str | Path, *, use_gpu: bool, own_local_ray: bool
+) -> tuple[ExperimentConfig, StagePlacement]:
+    """A stage of ``config`` that trains on the Parquet folder ``train_path``: the config
+    with the resources it runs with (:func:`stage_resources`, given whether its rows stream,
+    ``runtime.ingest.resolve_ingest``) and where it runs (:func:`stage_placement`).
+    Callers keep the config as asked for in what they record."""
+    from cadc_ray.runtime.ingest import resolve_ingest
+
+    resources = stage_resources(
+        config.resources,
+        use_gpu=use_gpu,
+        own_local_ray=own_local_ray,
+        streams=resolve_ingest(config, train_path, announce=False) == "stream",
+    )
+    placement = stage_placement(resources, own_local_ray=own_local_ray)
+    return replace(config, resources=resources), placement
 
 
 def init_ray(

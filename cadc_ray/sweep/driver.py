@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ class TrialContext:
     train_storage_path: str
     use_gpu: bool
     metric_names: tuple[str, ...]
-    own_local_ray: bool = False  # the sweep started its own local Ray (stage_resources)
+    own_local_ray: bool = False  # the sweep started its own local Ray (plan_stage)
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,8 +125,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     import ray
     from ray import tune
 
-    from cadc_ray.runtime.ingest import resolve_ingest
-    from cadc_ray.runtime.session import stage_resources
+    from cadc_ray.runtime.session import plan_stage
     from cadc_ray.runtime.ttnn import fit_ttnn
     from cadc_ray.sweep.callbacks import SweepReportCallback, epoch_result
 
@@ -146,14 +145,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         pretrain_seconds = context.pretrain_seconds[key]
     started_at = time.time()
     inputs = ttnn_inputs(trial_config, dataset, refs)
-    trial_config = replace(
+    trial_config, _ = plan_stage(
         trial_config,
-        resources=stage_resources(
-            trial_config.resources,
-            use_gpu=context.use_gpu,
-            own_local_ray=context.own_local_ray,
-            streams=resolve_ingest(trial_config, inputs.train_path, announce=False) == "stream",
-        ),
+        inputs.train_path,
+        use_gpu=context.use_gpu,
+        own_local_ray=context.own_local_ray,
     )
     run_name = f"train-{trial_id}"
     if trial_config.resources.num_workers > 0:
@@ -434,8 +430,7 @@ def pretrain_all(
     The tables are saved under the local ``output_dir`` (:data:`PRETRAINED_DIR`); the
     Train run (checkpoints) goes to ``train_storage_path`` (local path or URI).
     """
-    from cadc_ray.runtime.ingest import resolve_ingest
-    from cadc_ray.runtime.session import stage_resources
+    from cadc_ray.runtime.session import plan_stage
 
     saved = SavedTeachers(output_dir / PRETRAINED_DIR, reuse=reuse_saved)
     found: dict[str, Teacher] = {}
@@ -446,13 +441,10 @@ def pretrain_all(
             found[key] = teacher
             continue
         dataset = datasets[data_key(config)]
-        resources = stage_resources(
-            config.resources,
-            use_gpu=use_gpu,
-            own_local_ray=own_local_ray,
-            streams=resolve_ingest(config, dataset.split.train_dir, announce=False) == "stream",
+        stage_config, _ = plan_stage(
+            config, dataset.split.train_dir, use_gpu=use_gpu, own_local_ray=own_local_ray
         )
-        jobs.append((key, replace(config, resources=resources), dataset))
+        jobs.append((key, stage_config, dataset))
     # Teachers to train run at once, each in a Ray task (pipeline.train_teachers); on
     # this machine's own Ray, no more than its cores hold.
     at_once = machine_teacher_slots([job[1] for job in jobs]) if own_local_ray else None
