@@ -331,10 +331,8 @@ def call_stage(
 ) -> StageResult:
     """``fit(*args, **kwargs)``, a fit of ``stage`` (``fit_teacher``,
     ``runtime.ttnn.fit_ttnn``), where ``placement`` (``runtime.session.stage_placement``)
-    says: in one Ray task with the stage's resources (:func:`stage_task_options`), retried
-    on a lost node as often as Train would restart it (``resources.max_failures``) and
-    named ``<config name>/<run_name>`` in the dashboard; else in this process. A fit that
-    only drives (a worker group, the ALS task) is driven from here in any case.
+    says: in one Ray task (:func:`stage_task`), else in this process. A fit that only
+    drives (a worker group, the ALS task) is driven from here in any case.
 
     A task's result has the stage's ``seconds`` as seen from here: the task's start (a
     worker process, which may import torch first) counts, as a worker group's start does.
@@ -347,14 +345,24 @@ def call_stage(
 
     import ray
 
-    task: Any = ray.remote(_stage_in_task).options(
-        **options,
+    started = time.perf_counter()
+    task = stage_task(config, use_gpu, stage, run_name)
+    result: StageResult = ray.get(task.remote(fit, args, kwargs or {}))
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)  # type: ignore[type-var]
+
+
+def stage_task(config: ExperimentConfig, use_gpu: bool, stage: StageName, run_name: str) -> Any:
+    """The Ray remote function whose ``.remote(fit, args, kwargs)`` runs a fit of ``stage``
+    as a task: the stage's resources (:func:`stage_task_options`), retried on a lost node
+    as often as Train would restart it (``resources.max_failures``), named
+    ``<config name>/<run_name>`` in the dashboard, its epoch lines on the console."""
+    import ray
+
+    return ray.remote(_stage_in_task).options(
+        **stage_task_options(config, use_gpu, stage),
         max_retries=config.resources.max_failures,
         name=f"{config.name}/{run_name}",
     )
-    started = time.perf_counter()
-    result: StageResult = ray.get(task.remote(fit, args, kwargs or {}))
-    return dataclasses.replace(result, seconds=time.perf_counter() - started)  # type: ignore[type-var]
 
 
 def _stage_in_task(
@@ -394,11 +402,11 @@ def train_teachers(
 ) -> dict[str, Teacher]:
     """Trains the teachers of ``jobs`` (``(key, config, dataset)``, none of them in
     ``teachers``; configs with the resources their stage runs with,
-    ``runtime.session.stage_resources``), saving each in ``teachers`` as it finishes;
+    ``runtime.session.plan_stage``), saving each in ``teachers`` as it finishes;
     ``{key: Teacher}``.
 
     Up to ``max_at_once`` (None: all) run at once, each in a Ray task
-    (:func:`stage_task_options`): Ray schedules them on the CPUs (or GPUs, or worker
+    (:func:`stage_task`): Ray schedules them on the CPUs (or GPUs, or worker
     groups) there are, instead of one after the other in the driver. With one at a time,
     or one teacher, on the command's own local Ray (``own_local_ray``) they train in the
     driver. The Train run of ``key`` is named ``pretrain-<key>``. A local-mode stage that
@@ -437,7 +445,6 @@ def train_teachers(
         return trained
     import ray
 
-    task = ray.remote(fit_teacher)
     waiting = list(in_tasks)
     pending: dict[Any, str] = {}
     while waiting or pending:
@@ -450,9 +457,8 @@ def train_teachers(
                 config.pretrain.embedding_dim,
             )
             run_name = f"pretrain-{key}"
-            ref = task.options(
-                **stage_task_options(config, use_gpu, "pretrain"), name=f"{config.name}/{run_name}"
-            ).remote(config, dataset, use_gpu, run_name, storage_path)
+            task = stage_task(config, use_gpu, "pretrain", run_name)
+            ref = task.remote(fit_teacher, (config, dataset, use_gpu, run_name, storage_path), {})
             pending[ref] = key
         (done,), _ = ray.wait(list(pending), num_returns=1)
         key = pending.pop(done)
