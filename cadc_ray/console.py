@@ -159,6 +159,10 @@ def quiet_train_worker() -> None:
     quiet_train_logs()
 
 
+TASK_CONSOLE_MARK = "cadc_ray_task_console"
+"""Set on :func:`task_console`'s handler, so that a second call finds it."""
+
+
 def task_console() -> None:
     """The console of a Ray task that runs a stage in Train's local mode
     (``pipeline.call_stage``): the package's lines (one per epoch) go to the task's stdout,
@@ -174,7 +178,3 @@ def task_console() -> None:
     package_logger.setLevel(logging.INFO)
     package_logger.propagate = False
     quiet_train_logs()
-
-
-TASK_CONSOLE_MARK = "cadc_ray_task_console"
-"""Set on :func:`task_console`'s handler, so that a second call finds it."""
