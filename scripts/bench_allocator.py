@@ -50,37 +50,25 @@ def child(mode: str, stage: str, epochs: int) -> list[float]:
 
 
 def ttnn_epochs(epochs: int) -> list[float]:
-    import numpy as np
     import torch
+    from bench_mf import TTNN_ITEMS, TTNN_USERS, zipf_two_tower_data  # scripts/ is on sys.path
 
     from cadc_ray.config import ModelConfig
-    from cadc_ray.data.features import EntityFeatures
     from cadc_ray.models import build_two_tower
     from cadc_ray.training.loops import train_two_tower_epoch
     from cadc_ray.training.optim import make_optimizer
     from cadc_ray.training.samplers import UniformNegativeSampler
 
-    rng = np.random.default_rng(0)
-    num_users, num_items, batch, batches = 6000, 3700, 1024, 100
+    batch, batches = 1024, 100
     rows = batch * batches
-    users = torch.from_numpy(np.minimum(rng.zipf(1.2, rows), num_users) - 1)
-    items = torch.from_numpy(np.minimum(rng.zipf(1.2, rows), num_items) - 1)
-
-    def features(count: int) -> EntityFeatures:
-        return EntityFeatures(
-            categorical=rng.integers(0, 7, (count, 3)),
-            categorical_names=("a", "b", "c"),
-            categorical_cardinalities=(7, 7, 7),
-            multi_hot=(rng.random((count, 18)) < 0.1).astype(np.float32),
-        )
-
+    users, items, user_features, item_features = zipf_two_tower_data(rows)
     torch.manual_seed(0)
     model = build_two_tower(
         ModelConfig(dedup=True),
-        num_users,
-        num_items,
-        features(num_users),
-        features(num_items),
+        TTNN_USERS,
+        TTNN_ITEMS,
+        user_features,
+        item_features,
         None,
         "none",
     )
@@ -97,7 +85,7 @@ def ttnn_epochs(epochs: int) -> list[float]:
             model,
             epoch_batches,
             optimizer,
-            UniformNegativeSampler(num_items),
+            UniformNegativeSampler(TTNN_ITEMS),
             4,
             torch.Generator().manual_seed(epoch),
         )

@@ -123,13 +123,20 @@ def bench_mf(
     return result
 
 
-def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
-    """TTNN rows/s at the configured batch, dedup on and off (id-only towers + 3 features)."""
+TTNN_USERS, TTNN_ITEMS = 6000, 3700
+
+
+def zipf_two_tower_data(
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, EntityFeatures, EntityFeatures]:
+    """The TTNN measurements' data (seed 0): ``rows`` Zipf-distributed (user, item) pairs of
+    :data:`TTNN_USERS` x :data:`TTNN_ITEMS` -> (users (rows,), items (rows,), user features,
+    item features), each side with three 7-way categorical features and an 18-wide
+    multi-hot. Zipf-like ids: RecD's gain depends on repeats within a batch, as in real
+    logs. ``scripts/bench_allocator.py`` trains on it too."""
     rng = np.random.default_rng(0)
-    num_users, num_items, rows = 6000, 3700, args.batches * args.ttnn_batch_size
-    # Zipf-like ids: RecD's gain depends on repeats within a batch, as in real logs.
-    users = torch.from_numpy(np.minimum(rng.zipf(1.2, rows), num_users) - 1)
-    items = torch.from_numpy(np.minimum(rng.zipf(1.2, rows), num_items) - 1)
+    users = torch.from_numpy(np.minimum(rng.zipf(1.2, rows), TTNN_USERS) - 1)
+    items = torch.from_numpy(np.minimum(rng.zipf(1.2, rows), TTNN_ITEMS) - 1)
 
     def features(n: int) -> EntityFeatures:
         return EntityFeatures(
@@ -139,7 +146,13 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
             multi_hot=(rng.random((n, 18)) < 0.1).astype(np.float32),
         )
 
-    user_features, item_features = features(num_users), features(num_items)
+    return users, items, features(TTNN_USERS), features(TTNN_ITEMS)
+
+
+def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
+    """TTNN rows/s at the configured batch, dedup on and off (id-only towers + 3 features)."""
+    num_users, num_items, rows = TTNN_USERS, TTNN_ITEMS, args.batches * args.ttnn_batch_size
+    users, items, user_features, item_features = zipf_two_tower_data(rows)
     result: dict[str, Any] = {"batch_size": args.ttnn_batch_size, "rows": rows}
     variants: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
     for dedup in (True, False):
