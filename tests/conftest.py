@@ -340,3 +340,27 @@ def teacher_dims(keys: list[str]) -> list[int]:
     """The MF widths in pretrain keys (``mf-d7-<hash>`` -> 7), e.g. of the teachers a sweep
     trained (``SweepOutcome.pretrain_runs``, which lists the results that came back)."""
     return [int(re.search(r"-d(\d+)-", key).group(1)) for key in keys]  # type: ignore[union-attr]
+
+
+def finished_tasks_named(names: tuple[str, ...], expected: list[int]) -> list[int]:
+    """How many FINISHED Ray tasks carry each of ``names``, read until the counts equal
+    ``expected`` or 60 s have passed (task events reach the state API within about a
+    second). Filtered by name, which the GCS applies itself: no row limit cuts the suite's
+    thousands of other tasks short."""
+    import ray
+    from ray.util.state import list_tasks
+
+    def count(name: str) -> int:
+        tasks = list_tasks(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("name", "=", name), ("state", "=", "FINISHED")],
+            raise_on_missing_output=False,
+        )
+        return len(tasks)
+
+    deadline = time.monotonic() + 60
+    while True:
+        finished = [count(name) for name in names]
+        if finished == expected or time.monotonic() > deadline:
+            return finished
+        time.sleep(0.5)

@@ -27,6 +27,7 @@ import pytest
 from conftest import (
     auth_headers,
     dashboard_base_url,
+    finished_tasks_named,
     http_get,
     start_in_background,
     train_run_named,
@@ -262,3 +263,5 @@ def test_a_local_mode_stage_in_a_ray_task_exports_the_same_gauges(
     )
     assert result.epochs_run == epochs
     _check_gauges(seen, run_name, epochs, result)
+    # ... and it did run as one Ray task (call_stage names it <config name>/<run name>).
+    assert finished_tasks_named((f"monitored/{run_name}",), [1]) == [1]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import finished_tasks_named
 
 from cadc_ray import run
 
@@ -135,27 +136,12 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
     assert reused["test"] == fresh["test"] and reused["val"] == fresh["val"]
 
 
-def _finished_tasks(name: str) -> int:
-    """FINISHED Ray tasks called ``name`` (a filter the GCS applies itself: no limit cuts
-    the suite's thousands of other tasks short)."""
-    import ray
-    from ray.util.state import list_tasks
-
-    tasks = list_tasks(
-        address=ray.get_runtime_context().gcs_address,
-        filters=[("name", "=", name), ("state", "=", "FINISHED")],
-        raise_on_missing_output=False,
-    )
-    return len(tasks)
-
-
 def test_one_cpu_worker_on_a_ray_it_did_not_start_trains_in_a_task_with_the_same_numbers(
     ray_session: None, tmp_path: Path
 ) -> None:
     """On a Ray the command did not start (a cluster; here the suite's shared session) one
     CPU worker trains in Train's local mode inside a Ray task, not in a worker group
     (docs/scale.md, "Fixed cost per stage"), and the numbers are the worker group's."""
-    import time
 
     config = _write_tiny_config(tmp_path, "tiny-placement", epochs=3)
     results: dict[str, dict[str, Any]] = {}
@@ -178,12 +164,6 @@ def test_one_cpu_worker_on_a_ray_it_did_not_start_trains_in_a_task_with_the_same
         ], history
     assert task["best_epoch"] == group["best_epoch"] and task["epochs_run"] == 3
     # Each stage of the "auto" run was one Ray task, named after the experiment and the
-    # Train run (task events reach the state API within about a second).
+    # Train run.
     names = ("tiny-placement/pretrain", "tiny-placement/ttnn")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        finished = [_finished_tasks(name) for name in names]
-        if finished == [1, 1]:
-            break
-        time.sleep(0.5)
-    assert finished == [1, 1]
+    assert finished_tasks_named(names, [1, 1]) == [1, 1]
