@@ -217,6 +217,13 @@ other Ray (a cluster), where a streamed stage keeps its worker group. A worker g
 its start, 5.9-8.7 s per stage on ML-100K, and no capacity (``runtime.session.stage_resources``).
 ``never`` always starts the worker group."""
 
+ShareWorkerGroup = Literal["auto", "never"]
+"""``resources.share_worker_group``: ``auto`` trains an MF / MF-MLP teacher and the TTNN of
+one ``cadc_ray.run`` in one Train worker group when both stages would start one of the
+same shape (GPUs, 2+ workers, restarts, or a stream on a cluster), so the group's start
+is paid once (``runtime.joint``); ``never`` starts one per stage. Runs that reuse a
+teacher, and sweeps (whose trials share teachers), train the stages apart."""
+
 Ingest = Literal["auto", "memory", "stream"]
 """``resources.ingest``: how Train workers get their training rows.
 
@@ -234,6 +241,7 @@ class ResourcesConfig:
     torch_threads: int = 1
     max_failures: int = 0  # Train FailureConfig: restarts from the last checkpoint
     in_process: InProcess = "auto"
+    share_worker_group: ShareWorkerGroup = "auto"
     ingest: Ingest = "auto"
     # 20 M rows x (3 int64 columns + 2 int64 tensors) is about 800 MB per worker in memory.
     stream_above_rows: int = 20_000_000

@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ from cadc_ray.pipeline import (
     teacher_metrics,
     ttnn_inputs,
 )
+from cadc_ray.pretrain_key import pretrain_key
 
 if TYPE_CHECKING:
     from cadc_ray.runtime.pretrain import PretrainResult
@@ -96,8 +98,9 @@ def run_experiment(
         plan_stage,
         ray_target,
         resolve_use_gpu,
+        share_worker_group,
     )
-    from cadc_ray.runtime.ttnn import fit_ttnn
+    from cadc_ray.runtime.ttnn import TTNNResult, fit_ttnn
 
     # Callers that built the config without load_config may hold relative paths: Train
     # workers do not run in this working directory.
@@ -120,31 +123,69 @@ def run_experiment(
     try:
         use_gpu = resolve_use_gpu(config.resources)
         own_local_ray = started_ray and ray_target(address) is None
+        placements: dict[str, StagePlacement] = {}
 
         split_started = time.perf_counter()
         dataset = split_dataset(prepared, manifest)
         split_seconds = time.perf_counter() - split_started
+        # The TTNN's training data first: it does not depend on the teacher, and where the
+        # TTNN trains decides whether the teacher trains in the same worker group.
+        sample_started = time.perf_counter()
+        inputs = ttnn_inputs(config, dataset, None)
+        sample_seconds = time.perf_counter() - sample_started
+        ttnn_config, placements["ttnn"] = plan_stage(
+            config, inputs.train_path, use_gpu=use_gpu, own_local_ray=own_local_ray
+        )
         teacher: Teacher | None = None
-        teacher_quality: dict[str, dict[str, float]] | None = None
-        pretrained_refs: list[ray.ObjectRef] | None = None
-        placements: dict[str, StagePlacement] = {}
+        ttnn: TTNNResult | None = None
+        one_group = False
         if spec.pretrainer is not None:
             # Each stage's config runs with its own resources; results.json keeps the
             # config as asked for.
             pretrain_config, placements["pretrain"] = plan_stage(
                 config, dataset.split.train_dir, use_gpu=use_gpu, own_local_ray=own_local_ray
             )
-            teacher = pretrain(
-                pretrain_config,
-                dataset,
-                teachers=InMemoryTeachers(pretrain_cache) if pretrain_cache is not None else None,
-                use_gpu=use_gpu,
-                run_name="pretrain",
-                storage_path=str(storage),
-                placement=placements["pretrain"],
+            teachers = InMemoryTeachers(pretrain_cache) if pretrain_cache is not None else None
+            key = pretrain_key(config) or ""
+            one_group = (teachers is None or teachers.load(key) is None) and share_worker_group(
+                config, (pretrain_config, placements["pretrain"]), (ttnn_config, placements["ttnn"])
             )
-            if teacher.reused:  # trained by an earlier run: nothing ran here
-                del placements["pretrain"]
+            if one_group:
+                from cadc_ray.runtime.joint import fit_stages_in_one_group
+
+                logger.info("pretraining and TTNN: one worker group for both stages")
+                pretrained, ttnn = fit_stages_in_one_group(
+                    ttnn_config, dataset.split, inputs, use_gpu=use_gpu, storage_path=str(storage)
+                )
+                if teachers is not None:
+                    teachers.save(key, pretrained)
+                teacher = Teacher(key, pretrained.tables, pretrained.seconds, False, pretrained)
+            else:
+                teacher = pretrain(
+                    pretrain_config,
+                    dataset,
+                    teachers=teachers,
+                    use_gpu=use_gpu,
+                    run_name="pretrain",
+                    storage_path=str(storage),
+                    placement=placements["pretrain"],
+                )
+                if teacher.reused:  # trained by an earlier run: nothing ran here
+                    del placements["pretrain"]
+                inputs = replace(inputs, pretrained=put_tables(teacher.tables))
+        if ttnn is None:
+            ttnn = call_stage(
+                fit_ttnn,
+                (ttnn_config, inputs),
+                {"use_gpu": use_gpu, "run_name": "ttnn", "storage_path": str(storage)},
+                config=ttnn_config,
+                stage="ttnn",
+                run_name="ttnn",
+                use_gpu=use_gpu,
+                placement=placements["ttnn"],
+            )
+        teacher_quality: dict[str, dict[str, float]] | None = None
+        if teacher is not None:
             teacher_quality = teacher_metrics(
                 teacher.tables,
                 read_held_out(
@@ -156,23 +197,6 @@ def run_experiment(
                 ),
                 config.eval,
             )
-            pretrained_refs = put_tables(teacher.tables)
-        sample_started = time.perf_counter()
-        inputs = ttnn_inputs(config, dataset, pretrained_refs)
-        sample_seconds = time.perf_counter() - sample_started
-        ttnn_config, placements["ttnn"] = plan_stage(
-            config, inputs.train_path, use_gpu=use_gpu, own_local_ray=own_local_ray
-        )
-        ttnn = call_stage(
-            fit_ttnn,
-            (ttnn_config, inputs),
-            {"use_gpu": use_gpu, "run_name": "ttnn", "storage_path": str(storage)},
-            config=ttnn_config,
-            stage="ttnn",
-            run_name="ttnn",
-            use_gpu=use_gpu,
-            placement=placements["ttnn"],
-        )
     finally:
         if started_ray:
             ray.shutdown()
@@ -224,6 +248,8 @@ def run_experiment(
         # Where each stage ran (resources.in_process, runtime.session.stage_placement): a
         # Train worker group, or Train's local mode in this process or in a Ray task.
         "stage_placement": placements,
+        # Both stages in one Train worker group (resources.share_worker_group, runtime.joint).
+        "one_worker_group": one_group,
         "in_process": all(where == "this_process" for where in placements.values()),
         "use_gpu": use_gpu,
         "history": ttnn.history,

@@ -332,6 +332,110 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
     np.testing.assert_array_equal(result.tables.item, reference.tables.item)
 
 
+TTNN_EPOCHS = 6
+
+
+def _joint_run_config(tmp_path: Path, name: str, **resources: Any) -> Any:
+    """CADC on synthetic data whose TTNN epochs (about 1.5 s apart in a worker group,
+    validation and checkpoint included) leave time for a kill to land in one."""
+    from cadc_ray.config import ExperimentConfig, absolute_paths, from_dict
+
+    return absolute_paths(
+        from_dict(
+            ExperimentConfig,
+            {
+                "name": name,
+                "method": "cadc",
+                "output_root": str(tmp_path / "runs"),
+                "data": {
+                    "dataset": "synthetic",
+                    "prepared_dir": str(tmp_path / "prepared"),
+                    "filter_ratio": 2,
+                    "synthetic": {"num_users": 1500, "num_items": 800, "num_interactions": 60_000},
+                },
+                "pretrain": {"embedding_dim": 7, "epochs": 3, "batch_size": 512},
+                "model": {"embedding_dim": 8, "tower_hidden": [16], "output_dim": 8},
+                "train": {
+                    "epochs": TTNN_EPOCHS,
+                    "batch_size": 256,
+                    "early_stopping_patience": TTNN_EPOCHS,
+                },
+                "resources": {"num_workers": 1, "use_gpu": "no", **resources},
+            },
+            "<test>",
+        )
+    )
+
+
+@pytest.mark.ray
+def test_killed_worker_of_a_joint_run_resumes_the_ttnn_with_its_checkpointed_teacher(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Both stages in one worker group (``runtime.joint``): SIGKILL the worker once a
+    TTNN checkpoint exists. The restarted run resumes the TTNN with the teacher
+    that checkpoint carries (no second pretraining: the teacher's history, timings included,
+    is the checkpoint's) and ends with the numbers of an uninterrupted run."""
+    from conftest import start_in_background, train_run_named, train_runs
+
+    from cadc_ray import run
+    from cadc_ray.runtime.joint import RUN_NAME, TEACHER_KEY
+
+    reference = run.run_experiment(
+        _joint_run_config(tmp_path, "reference"), run_dir=tmp_path / "reference"
+    )
+    run_dir = tmp_path / "killed"
+    config = _joint_run_config(tmp_path, "killed", max_failures=1)
+    started = time.time()
+    stage, outcome = start_in_background(
+        "killed-joint-run", lambda: run.run_experiment(config, run_dir=run_dir)
+    )
+    deadline = time.monotonic() + 300
+    worker_pid = None
+    while worker_pid is None and stage.is_alive() and time.monotonic() < deadline:
+        runs = [
+            entry
+            for entry in train_runs(before_first_run_ok=True)
+            if entry["name"] == RUN_NAME and entry["start_time_ns"] / 1e9 >= started - 1
+        ]
+        workers = runs[0]["attempts"][-1]["workers"] if runs and runs[0]["attempts"] else []
+        worker_pid = int(workers[0]["pid"]) if workers else None
+        time.sleep(0.2)
+    # The state API shows the worker seconds after it starts (11.7 s into one run, with
+    # the TTNN at epoch 2): kill at the first TTNN checkpoint seen from then on, while at
+    # least two epochs are left.
+    folder = run_dir / "ray_train" / RUN_NAME
+    checkpointed_teacher, killed_after = None, 0
+    while worker_pid is not None and stage.is_alive() and time.monotonic() < deadline:
+        written = sorted(folder.glob(f"ttnn_epoch_*/{CHECKPOINT_FILE}"))
+        if written:
+            os.kill(worker_pid, signal.SIGKILL)
+            killed_after = int(written[-1].parent.name.removeprefix("ttnn_epoch_"))
+            checkpointed_teacher = load_checkpoint(written[-1].parent)[TEACHER_KEY]
+            break
+        time.sleep(0.02)
+    stage.join(timeout=max(deadline - time.monotonic(), 1))
+    assert not stage.is_alive(), "the restarted run did not finish in time"
+    if "error" in outcome:
+        raise outcome["error"]
+    assert checkpointed_teacher is not None, "the run finished before the worker was killed"
+    assert 1 <= killed_after <= TTNN_EPOCHS - 2, killed_after
+
+    result = outcome["result"]
+    assert result["one_worker_group"] and not reference["one_worker_group"]
+    newest = train_run_named(RUN_NAME)
+    assert len(newest["attempts"]) == 2, [attempt["status"] for attempt in newest["attempts"]]
+    # The teacher was not trained again: its whole history, epoch timings included, is the
+    # one the checkpoint carried.
+    assert result["pretrain_history"] == checkpointed_teacher["history"]
+    assert [h["loss"] for h in result["pretrain_history"]] == [
+        h["loss"] for h in reference["pretrain_history"]
+    ]
+    assert [h["epoch"] for h in result["history"]] == list(range(1, TTNN_EPOCHS + 1))
+    assert [h["loss"] for h in result["history"]] == [h["loss"] for h in reference["history"]]
+    assert result["test"] == reference["test"] and result["val"] == reference["val"]
+    assert result["teacher_test_percent"] == reference["teacher_test_percent"]
+
+
 # ---------------------------------------------------------------------------------------
 # (b) The sweep CLI interrupted by a signal resumes with --resume
 

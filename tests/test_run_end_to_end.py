@@ -136,34 +136,91 @@ def test_pretrain_cache_shares_one_teacher_and_changes_no_metric(
     assert reused["test"] == fresh["test"] and reused["val"] == fresh["val"]
 
 
-def test_one_cpu_worker_on_a_ray_it_did_not_start_trains_in_a_task_with_the_same_numbers(
+def test_where_the_stages_train_on_a_ray_it_did_not_start_changes_no_number(
     ray_session: None, tmp_path: Path
 ) -> None:
-    """On a Ray the command did not start (a cluster; here the suite's shared session) one
-    CPU worker trains in Train's local mode inside a Ray task, not in a worker group
-    (docs/scale.md, "Fixed cost per stage"), and the numbers are the worker group's."""
+    """On a Ray the command did not start (a cluster; here the suite's shared session):
+
+    - one CPU worker trains in Train's local mode inside a Ray task per stage, not in a
+      worker group (docs/scale.md, "Fixed cost per stage");
+    - stages that keep worker groups (here ``in_process: never``) train in one group for
+      both (``resources.share_worker_group: auto``, ``runtime.joint``), whose TTNN
+      checkpoints carry the teacher, or in one group each (``never``);
+
+    and all three give the same numbers."""
+    from cadc_ray.runtime.checkpoint import load_checkpoint
+    from cadc_ray.runtime.joint import RUN_NAME, TEACHER_KEY
 
     config = _write_tiny_config(tmp_path, "tiny-placement", epochs=3)
+    placements = {
+        "groups": ("never", "never"),  # (resources.in_process, resources.share_worker_group)
+        "one_group": ("never", "auto"),
+        "tasks": ("auto", "auto"),
+    }
     results: dict[str, dict[str, Any]] = {}
-    for in_process in ("never", "auto"):
-        run_dir = tmp_path / in_process
+    for name, (in_process, share) in placements.items():
+        run_dir = tmp_path / name
         argv = [str(config), "--output", str(run_dir), "--set", "resources.num_workers=1"]
-        assert run.main([*argv, "--set", f"resources.in_process={in_process}"]) == 0
-        results[in_process] = json.loads((run_dir / run.RESULTS_FILE).read_text("utf-8"))
-    group, task = results["never"], results["auto"]
-    assert group["stage_placement"] == {"pretrain": "worker_group", "ttnn": "worker_group"}
-    assert task["stage_placement"] == {"pretrain": "ray_task", "ttnn": "ray_task"}
-    assert not group["in_process"] and not task["in_process"]
+        argv += ["--set", f"resources.in_process={in_process}"]
+        assert run.main([*argv, "--set", f"resources.share_worker_group={share}"]) == 0
+        results[name] = json.loads((run_dir / run.RESULTS_FILE).read_text("utf-8"))
+    groups, one_group, tasks = results["groups"], results["one_group"], results["tasks"]
+    for result in (groups, one_group):
+        assert result["stage_placement"] == {"pretrain": "worker_group", "ttnn": "worker_group"}
+    assert tasks["stage_placement"] == {"pretrain": "ray_task", "ttnn": "ray_task"}
+    assert [result["one_worker_group"] for result in (groups, one_group, tasks)] == [
+        False,
+        True,
+        False,
+    ]
+    assert not any(result["in_process"] for result in results.values())
     # Same seed, same numbers: the loop, the rows and the generators do not depend on
-    # where the loop runs.
-    assert task["test"] == group["test"] and task["val"] == group["val"]
-    assert task["teacher_test_percent"] == group["teacher_test_percent"]
-    for history in ("pretrain_history", "history"):
-        assert [epoch["loss"] for epoch in task[history]] == [
-            epoch["loss"] for epoch in group[history]
-        ], history
-    assert task["best_epoch"] == group["best_epoch"] and task["epochs_run"] == 3
-    # Each stage of the "auto" run was one Ray task, named after the experiment and the
+    # where the loop runs, nor on whether the teacher came through the object store.
+    for name, result in results.items():
+        assert result["test"] == groups["test"] and result["val"] == groups["val"], name
+        assert result["teacher_test_percent"] == groups["teacher_test_percent"], name
+        for history in ("pretrain_history", "history"):
+            assert [epoch["loss"] for epoch in result[history]] == [
+                epoch["loss"] for epoch in groups[history]
+            ], (name, history)
+        assert result["best_epoch"] == groups["best_epoch"] and result["epochs_run"] == 3
+    # One Train run for both stages; its last checkpoint is the TTNN's and holds the teacher.
+    last = Path(one_group["checkpoint_path"])
+    assert (last.parent.name, last.name) == (RUN_NAME, "ttnn_epoch_000003")
+    teacher = load_checkpoint(last)[TEACHER_KEY]
+    assert [epoch["loss"] for epoch in teacher["history"]] == [
+        epoch["loss"] for epoch in one_group["pretrain_history"]
+    ]
+    assert tuple(teacher["user"].shape) == (
+        one_group["num_users"],
+        7 + 1,
+    )  # pretrain d=7, plus the bias
+    # Each stage of the "tasks" run was one Ray task, named after the experiment and the
     # Train run.
     names = ("tiny-placement/pretrain", "tiny-placement/ttnn")
     assert finished_tasks_named(names, [1, 1]) == [1, 1]
+
+
+def test_both_stages_streaming_in_one_worker_group_give_the_numbers_of_two_groups(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Streamed stages on a Ray the command did not start keep worker groups; in one group
+    (``runtime.joint``) each stage streams its own dataset (D_full, then the sample) with
+    the same seeds as in a group of its own: one worker's stream keeps its order, so the
+    numbers are equal."""
+    config = _write_tiny_config(tmp_path, "tiny-stream", epochs=2)
+    results: dict[str, dict[str, Any]] = {}
+    for share in ("never", "auto"):
+        run_dir = tmp_path / share
+        argv = [str(config), "--output", str(run_dir), "--set", "resources.num_workers=1"]
+        argv += ["--set", "resources.ingest=stream"]
+        assert run.main([*argv, "--set", f"resources.share_worker_group={share}"]) == 0
+        results[share] = json.loads((run_dir / run.RESULTS_FILE).read_text("utf-8"))
+    apart, together = results["never"], results["auto"]
+    assert (apart["one_worker_group"], together["one_worker_group"]) == (False, True)
+    assert together["stage_placement"] == {"pretrain": "worker_group", "ttnn": "worker_group"}
+    assert together["test"] == apart["test"] and together["val"] == apart["val"]
+    for history in ("pretrain_history", "history"):
+        assert [epoch["loss"] for epoch in together[history]] == [
+            epoch["loss"] for epoch in apart[history]
+        ], history

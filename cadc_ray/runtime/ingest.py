@@ -100,21 +100,29 @@ def stream_data_config(*, preserve_order: bool) -> DataConfig:
     return DataConfig(execution_options=options)
 
 
+TRAIN_DATASET = "train"
+"""The streamed dataset's name for Train (``get_dataset_shard``) when a run has one stage."""
+
+
 @dataclass(frozen=True)
 class TrainingInput:
     """What a stage's ``TorchTrainer`` gets for its training rows."""
 
-    datasets: dict[str, Any] | None  # {"train": Dataset} to stream; None: workers read the folder
+    # {dataset_name: Dataset} to stream; None: workers read the folder
+    datasets: dict[str, Any] | None
     dataset_config: DataConfig | None
     loop_entries: dict[str, Any] = field(default_factory=dict)  # merged into train_loop_config
 
 
-def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> TrainingInput:
+def training_input(
+    config: ExperimentConfig, path: str | Path, seed: int, dataset_name: str = TRAIN_DATASET
+) -> TrainingInput:
     """How the training Parquet folder ``path`` reaches the stage's workers.
 
     ``seed`` is the stage's seed (the streamed block order derives from it). In memory,
     every worker reads the folder itself; a stream gets a Ray Data dataset for Train to
-    split.
+    split, named ``dataset_name`` (a run that trains two stages in one worker group streams
+    one dataset per stage, ``runtime.joint``).
     """
     import ray.data
 
@@ -126,6 +134,7 @@ def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> Tra
         "ingest": ingest,
         "train_folder": folder,
         "shuffle_buffer_rows": config.resources.shuffle_buffer_rows,
+        "dataset_name": dataset_name,
     }
     if ingest == "memory":
         return TrainingInput(None, None, entries)
@@ -140,8 +149,26 @@ def training_input(config: ExperimentConfig, path: str | Path, seed: int) -> Tra
     ).randomize_block_order(seed=block_order)
     single_worker = config.resources.num_workers <= 1
     return TrainingInput(
-        {"train": dataset}, stream_data_config(preserve_order=single_worker), entries
+        {dataset_name: dataset}, stream_data_config(preserve_order=single_worker), entries
     )
+
+
+def combined_training_inputs(inputs: Mapping[str, TrainingInput]) -> TrainingInput:
+    """The ``TorchTrainer`` input of stages trained one after the other in one worker group:
+    every streamed dataset (their names differ, :func:`training_input`'s ``dataset_name``),
+    and Train's split config of a streamed one (the same for every stage of one run: it
+    depends on the worker count only). Each stage's ``loop_entries`` stay the caller's to
+    merge into that stage's own loop config."""
+    datasets: dict[str, Any] = {}
+    dataset_config = None
+    for training in inputs.values():
+        if training.datasets:
+            overlap = set(datasets) & set(training.datasets)
+            if overlap:
+                raise ValueError(f"two stages stream a dataset named {sorted(overlap)}")
+            datasets.update(training.datasets)
+            dataset_config = training.dataset_config
+    return TrainingInput(datasets or None, dataset_config)
 
 
 Resample = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -166,7 +193,7 @@ def training_data(
 
     from cadc_ray.data import count_interactions
 
-    shard = ray.train.get_dataset_shard("train")
+    shard = ray.train.get_dataset_shard(loop_config["dataset_name"])
     buffer_rows = int(loop_config["shuffle_buffer_rows"])
 
     def open_epoch(batch_rows: int, shuffle_seed: int) -> Iterable[Mapping[str, torch.Tensor]]:

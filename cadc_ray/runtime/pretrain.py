@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,9 +152,12 @@ def train_mf_stage(
     num_users: int,
     num_items: int,
     environment: StageEnvironment,
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """MF / MF-MLP pretraining on the positives ``data`` (held or streamed, see
-    ``runtime.ingest``) -> rank 0's exported tables and history (None on other ranks)."""
+    ``runtime.ingest``) -> the exported tables and history, on every rank (the ranks' tables
+    are equal: the fused step applies the same gathered rows everywhere, DDP the same
+    averaged gradients; a TTNN trained next in the same worker group uses them,
+    ``runtime.joint``)."""
     from cadc_ray.runtime.stage import run_stage
     from cadc_ray.runtime.worker import stage_seed
 
@@ -161,8 +165,6 @@ def train_mf_stage(
     seed = stage_seed(config.seed, settings.seed)
     body = MFStage(config, pretrainer, num_users, num_items, data.counts.items, seed, environment)
     run = run_stage(body, environment, config, data.rows)
-    if environment.worker.rank != 0:
-        return None
     tables = body.base.export_tables()  # the module inside DDP: wrapping keeps it in place
     return {
         "user": tables.user,
@@ -175,21 +177,86 @@ def train_mf_stage(
     }
 
 
-def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker)."""
+EnvironmentHook = Callable[[StageEnvironment], StageEnvironment]
+"""Adapts a Train worker's stage environment (``runtime.joint``: restore and checkpoints)."""
 
+
+def mf_in_worker(
+    loop_config: dict[str, Any],
+    checkpoint_prefix: str = "",
+    adapt: EnvironmentHook | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """The MF / MF-MLP stage in a Train worker -> (rank, :func:`train_mf_stage`'s output)."""
     from cadc_ray.runtime.ingest import training_data
     from cadc_ray.runtime.stage import start_worker_stage
 
-    config, environment = start_worker_stage(STAGE, loop_config)
+    config, environment = start_worker_stage(STAGE, loop_config, checkpoint_prefix)
+    if adapt is not None:
+        environment = adapt(environment)
     num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
-    return train_mf_stage(
+    output = train_mf_stage(
         config,
         loop_config["pretrainer"],
         training_data(loop_config, environment.worker, num_users, num_items),
         num_users=num_users,
         num_items=num_items,
         environment=environment,
+    )
+    return environment.worker.rank, output
+
+
+def _mf_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """``train_loop_per_worker`` of the MF / MF-MLP stage (runs in each Train worker);
+    rank 0's return value is the run's."""
+    rank, output = mf_in_worker(loop_config)
+    return output if rank == 0 else None
+
+
+def mf_loop_config(
+    config: ExperimentConfig,
+    pretrainer: str,
+    *,
+    num_users: int,
+    num_items: int,
+    run_name: str,
+    storage_path: str | None,
+) -> dict[str, Any]:
+    """The MF stage's ``train_loop_config`` (without its ingest entries)."""
+    from cadc_ray.runtime.trainer import local_checkpoint_root
+
+    return {
+        "config": to_dict(config),
+        "pretrainer": pretrainer,
+        "num_users": num_users,
+        "num_items": num_items,
+        "run_name": run_name,
+        "local_checkpoint_root": (
+            local_checkpoint_root(storage_path, run_name)
+            if config.resources.num_workers == 0
+            else None
+        ),
+    }
+
+
+def pretrain_result(
+    output: dict[str, Any] | None, *, seconds: float, checkpoint_path: str | None, run_name: str
+) -> PretrainResult:
+    """:class:`PretrainResult` of :func:`train_mf_stage`'s ``output`` (rank 0's)."""
+    if output is None:
+        raise RuntimeError(f"pretraining run {run_name!r} returned no tables from rank 0")
+    tables = PretrainedTables(
+        user=np.asarray(output["user"]),
+        item=np.asarray(output["item"]),
+        pretrainer=output["pretrainer"],
+        global_bias=float(output["global_bias"]),
+    )
+    return PretrainResult(
+        tables=tables,
+        seconds=seconds,
+        epochs=int(output["epochs"]),
+        history=list(output["history"]),
+        loop_seconds=float(output["loop_seconds"]),
+        checkpoint_path=checkpoint_path,
     )
 
 
@@ -261,7 +328,7 @@ def fit_pretrain(
 
     from cadc_ray.methods import METHODS
     from cadc_ray.runtime.ingest import training_input
-    from cadc_ray.runtime.trainer import local_checkpoint_root, run_torch_trainer
+    from cadc_ray.runtime.trainer import run_torch_trainer
     from cadc_ray.runtime.worker import stage_seed
 
     pretrainer = METHODS[config.method].pretrainer
@@ -291,18 +358,14 @@ def fit_pretrain(
     )
     result = run_torch_trainer(
         _mf_worker,
-        {
-            "config": to_dict(config),
-            "pretrainer": pretrainer,
-            "num_users": num_users,
-            "num_items": num_items,
-            "run_name": run_name,
-            "local_checkpoint_root": (
-                local_checkpoint_root(storage_path, run_name)
-                if config.resources.num_workers == 0
-                else None
-            ),
-        },
+        mf_loop_config(
+            config,
+            pretrainer,
+            num_users=num_users,
+            num_items=num_items,
+            run_name=run_name,
+            storage_path=storage_path,
+        ),
         config=config,
         training=training,
         use_gpu=use_gpu,
@@ -310,21 +373,10 @@ def fit_pretrain(
         storage_path=storage_path,
         callbacks=callbacks,
     )
-    output = result.return_value
-    if output is None:
-        raise RuntimeError(f"pretraining run {run_name!r} returned no tables from rank 0")
-    tables = PretrainedTables(
-        user=output["user"],
-        item=output["item"],
-        pretrainer=output["pretrainer"],
-        global_bias=float(output["global_bias"]),
-    )
     checkpoint = getattr(result, "checkpoint", None)
-    return PretrainResult(
-        tables=tables,
+    return pretrain_result(
+        result.return_value,
         seconds=time.perf_counter() - started,
-        epochs=int(output["epochs"]),
-        history=list(output["history"]),
-        loop_seconds=float(output["loop_seconds"]),
         checkpoint_path=checkpoint.path if checkpoint is not None else None,
+        run_name=run_name,
     )

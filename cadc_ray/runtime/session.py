@@ -149,6 +149,26 @@ def plan_stage(
     return replace(config, resources=resources), placement
 
 
+def share_worker_group(
+    config: ExperimentConfig,
+    pretrain: tuple[ExperimentConfig, StagePlacement],
+    ttnn: tuple[ExperimentConfig, StagePlacement],
+) -> bool:
+    """Whether the teacher and the TTNN of one run train in one worker group
+    (``runtime.joint``): with ``resources.share_worker_group: auto``, an MF / MF-MLP
+    teacher (ALS is a Ray task), and both stages planned (:func:`plan_stage`) as worker
+    groups of the same resources. The caller checks that the teacher is not reused."""
+    from cadc_ray.methods import METHODS
+
+    (pretrain_config, pretrain_placement), (ttnn_config, ttnn_placement) = pretrain, ttnn
+    return (
+        config.resources.share_worker_group == "auto"
+        and METHODS[config.method].pretrainer in ("mf", "mf_mlp")
+        and pretrain_placement == ttnn_placement == "worker_group"
+        and pretrain_config.resources == ttnn_config.resources
+    )
+
+
 def init_ray(
     address: str | None = None,
     *,

@@ -346,14 +346,17 @@ def run_stage(
     return StageRun(history=history, loop_seconds=loop_seconds, early_stopped=early_stopped)
 
 
-def train_environment(stage: str, loop_config: dict[str, Any]) -> StageEnvironment:
+def train_environment(
+    stage: str, loop_config: dict[str, Any], checkpoint_prefix: str = ""
+) -> StageEnvironment:
     """The environment of a Ray Train worker (call inside ``train_loop_per_worker``).
 
     Rank, world size and device come from Train; a restarted run resumes from
     ``ray.train.get_checkpoint()``; reports go through ``ray.train.report`` (local mode:
-    checkpoints under ``loop_config["local_checkpoint_root"]``); the model goes to the
-    worker's device (``runtime.device.prepare_model``: DDP for more than one worker);
-    rank 0 sets the stage's gauges.
+    checkpoints under ``loop_config["local_checkpoint_root"]``), checkpoints named
+    ``<checkpoint_prefix>epoch_XXXXXX``; the model goes to the worker's device
+    (``runtime.device.prepare_model``: DDP for more than one worker); rank 0 sets the
+    stage's gauges.
     """
     from cadc_ray.runtime.device import prepare_model
     from cadc_ray.runtime.metrics import stage_gauges
@@ -367,7 +370,7 @@ def train_environment(stage: str, loop_config: dict[str, Any]) -> StageEnvironme
     checkpoint_root = loop_config["local_checkpoint_root"]
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
-        report_epoch(metrics, state, worker, epoch, checkpoint_root)
+        report_epoch(metrics, state, worker, epoch, checkpoint_root, checkpoint_prefix)
 
     return StageEnvironment(
         worker=worker,
@@ -379,12 +382,13 @@ def train_environment(stage: str, loop_config: dict[str, Any]) -> StageEnvironme
 
 
 def start_worker_stage(
-    stage: str, loop_config: dict[str, Any]
+    stage: str, loop_config: dict[str, Any], checkpoint_prefix: str = ""
 ) -> tuple[ExperimentConfig, StageEnvironment]:
-    """What every ``train_loop_per_worker`` starts with: Train's console lines quieted, the
-    config carried (as a plain dict) through ``train_loop_config``, the torch threads it
-    asks for, the host allocator set for training (``runtime.device.tune_cpu_allocator``),
-    and this worker's :func:`train_environment`."""
+    """What every ``train_loop_per_worker`` starts a stage with: Train's console lines
+    quieted, the config carried (as a plain dict) through ``train_loop_config``, the torch
+    threads it asks for, the host allocator set for training
+    (``runtime.device.tune_cpu_allocator``), and this worker's :func:`train_environment`.
+    Calling it again for a second stage in the same worker is safe: each step is idempotent."""
     from cadc_ray.console import quiet_train_worker
     from cadc_ray.runtime.device import tune_cpu_allocator
 
@@ -392,4 +396,4 @@ def start_worker_stage(
     config = from_dict(ExperimentConfig, loop_config["config"], "<train_loop_config>")
     torch.set_num_threads(config.resources.torch_threads)
     tune_cpu_allocator()  # steps reuse freed host memory instead of faulting in new pages
-    return config, train_environment(stage, loop_config)
+    return config, train_environment(stage, loop_config, checkpoint_prefix)

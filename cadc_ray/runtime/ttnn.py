@@ -98,17 +98,14 @@ def build_ttnn_inputs(
 ) -> TTNNInputs:
     """Materializes the method's training data (the sample, reused if present) -> inputs.
 
-    ``pretrained`` must be given (as ``[ref]``) exactly when the method pretrains.
+    ``pretrained``: the teacher as ``[ref]``. :func:`fit_ttnn` needs it exactly when the
+    method pretrains; a TTNN trained in its teacher's worker group (``runtime.joint``) has
+    none.
     """
     from cadc_ray.data import Manifest, materialize_sample
     from cadc_ray.methods import METHODS
 
     spec = METHODS[config.method]
-    if (spec.pretrainer is None) != (pretrained is None):
-        raise ValueError(
-            f"method {config.method!r} {'needs' if spec.pretrainer else 'takes no'} "
-            "pretrained tables"
-        )
     if pretrained is not None and (not isinstance(pretrained, list) or len(pretrained) != 1):
         raise ValueError("pretrained must be a one-element list [ObjectRef] (docs/ray_notes.md)")
     manifest = Manifest.load(prepared)
@@ -445,16 +442,26 @@ def train_ttnn_stage(
     }
 
 
-def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """``train_loop_per_worker`` of the TTNN stage (runs in each Train worker)."""
+def ttnn_in_worker(
+    loop_config: dict[str, Any],
+    checkpoint_prefix: str = "",
+    adapt: Callable[[StageEnvironment], StageEnvironment] | None = None,
+    pretrained: PretrainedTables | None = None,
+) -> tuple[int, dict[str, Any] | None]:
+    """The TTNN stage in a Train worker -> (rank, :func:`train_ttnn_stage`'s output).
+
+    The teacher is ``pretrained`` when given (trained by this worker just before,
+    ``runtime.joint``), else ``loop_config["pretrained"]``'s object, if any.
+    """
     import ray
-    import ray.train
 
     from cadc_ray.data import load_entity_features, read_held_out
     from cadc_ray.runtime.ingest import training_data
     from cadc_ray.runtime.stage import start_worker_stage
 
-    config, environment = start_worker_stage(STAGE, loop_config)
+    config, environment = start_worker_stage(STAGE, loop_config, checkpoint_prefix)
+    if adapt is not None:
+        environment = adapt(environment)
     num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
     data = training_data(
         loop_config, environment.worker, num_users, num_items, ttnn_resample(config, num_items)
@@ -468,8 +475,7 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         config.eval.validation_users,
         config.eval.validation_seed,
     )
-    pretrained = None
-    if loop_config["pretrained"] is not None:
+    if pretrained is None and loop_config["pretrained"] is not None:
         pretrained = ray.get(loop_config["pretrained"][0])  # zero-copy, read-only arrays
     user_features = item_features = None
     if config.model.use_features:
@@ -478,7 +484,65 @@ def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     inputs = ResolvedInputs(
         num_users, num_items, held_out, pretrained, user_features, item_features
     )
-    return train_ttnn_stage(config, data, inputs, environment)
+    return environment.worker.rank, train_ttnn_stage(config, data, inputs, environment)
+
+
+def _ttnn_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """``train_loop_per_worker`` of the TTNN stage (runs in each Train worker)."""
+    return ttnn_in_worker(loop_config)[1]
+
+
+def ttnn_loop_config(
+    config: ExperimentConfig,
+    inputs: TTNNInputs,
+    *,
+    run_name: str,
+    storage_path: str | None,
+) -> dict[str, Any]:
+    """The TTNN stage's ``train_loop_config`` (without its ingest entries)."""
+    from cadc_ray.runtime.trainer import local_checkpoint_root
+
+    return {
+        "config": to_dict(config),
+        "num_users": inputs.num_users,
+        "num_items": inputs.num_items,
+        "split": inputs.split,
+        "prepared": str(inputs.prepared),
+        "pretrained": inputs.pretrained,
+        "run_name": run_name,
+        "local_checkpoint_root": (
+            local_checkpoint_root(storage_path, run_name)
+            if config.resources.num_workers == 0
+            else None
+        ),
+    }
+
+
+def ttnn_result(
+    output: dict[str, Any] | None, *, seconds: float, checkpoint_path: str | None, run_name: str
+) -> TTNNResult:
+    """:class:`TTNNResult` of :func:`train_ttnn_stage`'s ``output`` (rank 0's)."""
+    if output is None:
+        raise RuntimeError(f"TTNN run {run_name!r} returned nothing from rank 0")
+    return TTNNResult(
+        test_metrics=dict(output["test"]),
+        best_val_metrics=dict(output["best_val"]),
+        best_epoch=int(output["best_epoch"]),
+        epochs_run=int(output["epochs_run"]),
+        early_stopped=bool(output["early_stopped"]),
+        seconds=seconds,
+        loop_seconds=float(output["loop_seconds"]),
+        train_interactions=int(output["train_interactions"]),
+        trainable_parameters=int(output["trainable_parameters"]),
+        frozen_parameters=int(output["frozen_parameters"]),
+        model_bytes=dict(output["model_bytes"]),
+        id_table_compression=float(output["id_table_compression"]),
+        history=list(output["history"]),
+        checkpoint_path=checkpoint_path,
+        teacher_test_metrics=dict(output["teacher_test"]),
+        eval_seconds=float(output["eval_seconds"]),
+        sparse_id_tables=list(output["sparse_id_tables"]),
+    )
 
 
 def fit_ttnn(
@@ -499,28 +563,21 @@ def fit_ttnn(
     Requires an initialized Ray.
     """
 
+    from cadc_ray.methods import METHODS
     from cadc_ray.runtime.ingest import training_input
-    from cadc_ray.runtime.trainer import local_checkpoint_root, run_torch_trainer
+    from cadc_ray.runtime.trainer import run_torch_trainer
     from cadc_ray.runtime.worker import stage_seed
 
+    if (METHODS[config.method].pretrainer is None) != (inputs.pretrained is None):
+        raise ValueError(
+            f"method {config.method!r} {'needs' if inputs.pretrained is None else 'takes no'} "
+            "pretrained tables"
+        )
     started = time.perf_counter()
     training = training_input(config, inputs.train_path, stage_seed(config.seed, config.train.seed))
     result = run_torch_trainer(
         _ttnn_worker,
-        {
-            "config": to_dict(config),
-            "num_users": inputs.num_users,
-            "num_items": inputs.num_items,
-            "split": inputs.split,
-            "prepared": str(inputs.prepared),
-            "pretrained": inputs.pretrained,
-            "run_name": run_name,
-            "local_checkpoint_root": (
-                local_checkpoint_root(storage_path, run_name)
-                if config.resources.num_workers == 0
-                else None
-            ),
-        },
+        ttnn_loop_config(config, inputs, run_name=run_name, storage_path=storage_path),
         config=config,
         training=training,
         use_gpu=use_gpu,
@@ -528,26 +585,10 @@ def fit_ttnn(
         storage_path=storage_path,
         callbacks=callbacks,
     )
-    output = result.return_value
-    if output is None:
-        raise RuntimeError(f"TTNN run {run_name!r} returned nothing from rank 0")
     checkpoint = getattr(result, "checkpoint", None)
-    return TTNNResult(
-        test_metrics=dict(output["test"]),
-        best_val_metrics=dict(output["best_val"]),
-        best_epoch=int(output["best_epoch"]),
-        epochs_run=int(output["epochs_run"]),
-        early_stopped=bool(output["early_stopped"]),
+    return ttnn_result(
+        result.return_value,
         seconds=time.perf_counter() - started,
-        loop_seconds=float(output["loop_seconds"]),
-        train_interactions=int(output["train_interactions"]),
-        trainable_parameters=int(output["trainable_parameters"]),
-        frozen_parameters=int(output["frozen_parameters"]),
-        model_bytes=dict(output["model_bytes"]),
-        id_table_compression=float(output["id_table_compression"]),
-        history=list(output["history"]),
         checkpoint_path=checkpoint.path if checkpoint is not None else None,
-        teacher_test_metrics=dict(output["teacher_test"]),
-        eval_seconds=float(output["eval_seconds"]),
-        sparse_id_tables=list(output["sparse_id_tables"]),
+        run_name=run_name,
     )

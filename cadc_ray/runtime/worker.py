@@ -187,13 +187,15 @@ def report_epoch(
     worker: WorkerInfo,
     epoch: int,
     local_checkpoint_root: str | None,
+    checkpoint_prefix: str = "",
 ) -> None:
     """``ray.train.report`` from every rank (a barrier); rank 0 attaches the checkpoint.
 
-    ``state`` is the checkpoint dict (rank 0 only; None elsewhere). In local mode
-    (``num_workers=0``) Train persists nothing, so the checkpoint is written to
-    ``local_checkpoint_root/epoch_XXXXXX`` when a root is given (the latest
-    ``LOCAL_CHECKPOINTS_TO_KEEP`` kept, as Train keeps its own).
+    ``state`` is the checkpoint dict (rank 0 only; None elsewhere), saved as
+    ``<checkpoint_prefix>epoch_XXXXXX`` (the prefix names the stage where one Train run
+    trains two, ``runtime.joint``). In local mode (``num_workers=0``) Train persists nothing,
+    so the checkpoint is written under ``local_checkpoint_root`` when a root is given (the
+    latest ``LOCAL_CHECKPOINTS_TO_KEEP`` kept, as Train keeps its own).
     """
     import ray.train
 
@@ -204,11 +206,11 @@ def report_epoch(
     if worker.rank != 0 or state is None:
         ray.train.report(clean, checkpoint=None)
         return
-    name = f"epoch_{epoch:06d}"
+    name = f"{checkpoint_prefix}epoch_{epoch:06d}"
     if local_checkpoint_root is not None:
         root = Path(local_checkpoint_root)
         save_checkpoint(root / name, state)
-        kept = sorted(root.glob("epoch_*"))
+        kept = sorted(root.glob(f"{checkpoint_prefix}epoch_*"))
         for older in kept[:-LOCAL_CHECKPOINTS_TO_KEEP]:
             _remove_tree(older)
         ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(root / name))
