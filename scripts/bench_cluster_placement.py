@@ -1,4 +1,4 @@
-"""A stage's fixed cost on a cluster: Train worker group against local mode in a Ray task (#10, item 5).
+"""A stage's fixed cost on a cluster: worker groups against local mode in a Ray task (#10, item 5).
 
     CADC_DATA_DIR=../shared/data python scripts/bench_cluster_placement.py \
         --output benchmarks/results/cluster_placement_ml-100k.json
@@ -6,11 +6,12 @@
 Starts a two-node cluster on this machine (``ray.cluster_utils.Cluster``: a head node with
 no CPUs, as ``cluster.yaml``'s head, and one worker node), then runs
 ``python -m cadc_ray.run configs/ml-100k.yaml --address <cluster>`` as a user would, a new
-process and Ray job per run, alternating ``resources.in_process: never`` (a one-worker
-Train worker group per stage) and ``auto`` (Train's local mode in a Ray task,
-``runtime.session.stage_placement``). A stage's fixed cost is its wall time minus its
-training epochs minus its full-ranking evaluation, from each run's ``results.json``. The
-JSON (written atomically) also has the test metrics, which must be the same for both.
+process and Ray job per run, alternating the placements of :data:`PLACEMENTS`: a one-worker
+Train worker group per stage, one worker group for both stages (``runtime.joint``), and
+Train's local mode in a Ray task per stage (``runtime.session.stage_placement``). A stage's
+fixed cost is its wall time minus its training epochs minus its full-ranking evaluation,
+from each run's ``results.json`` (in one group, the group's start is the first stage's).
+The JSON (written atomically) also has the test metrics, which must be the same for all.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PLACEMENTS = ("never", "auto")  # resources.in_process
+PLACEMENTS: dict[str, dict[str, str]] = {
+    "group_per_stage": {"in_process": "never", "share_worker_group": "never"},
+    "one_group": {"in_process": "never", "share_worker_group": "auto"},
+    "ray_task": {"in_process": "auto", "share_worker_group": "auto"},
+}
+"""What each placement sets (``resources.*``) on a one-worker CPU run."""
 
 
 def stage_costs(results: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +54,9 @@ def stage_costs(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_once(
-    address: str, data: str, work: Path, in_process: str, sets: Sequence[str]
+    address: str, data: str, work: Path, placement: str, sets: Sequence[str]
 ) -> dict[str, Any]:
-    run_dir = work / f"run-{in_process}"
+    run_dir = work / f"run-{placement}"
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [
         sys.executable,
@@ -65,21 +71,24 @@ def run_once(
         f"data.path={data}",
         "--set",
         f"output_root={work / 'runs'}",
-        "--set",
-        f"resources.in_process={in_process}",
     ]
+    for key, value in PLACEMENTS[placement].items():
+        command += ["--set", f"resources.{key}={value}"]
     for value in sets:
         command += ["--set", value]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    stages = stage_costs(results)
     return {
-        "in_process": in_process,
+        "placement": placement,
         "stage_placement": results["stage_placement"],
+        "one_worker_group": results["one_worker_group"],
         "command_wall_seconds": wall,
         "total_seconds": results["total_seconds"],
-        "stages": stage_costs(results),
+        "stages": stages,
+        "fixed_seconds_both_stages": sum(stage["fixed_seconds"] for stage in stages.values()),
         "pretrain_epochs": results["pretrain_epochs"],
         "ttnn_epochs": results["epochs_run"],
         "test": results["test"],
@@ -97,6 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-cluster-placement"))
     parser.add_argument("--repeats", type=int, default=3, help="runs per placement")
+    parser.add_argument(
+        "--placements",
+        nargs="+",
+        choices=sorted(PLACEMENTS),
+        default=list(PLACEMENTS),
+        help="which placements to run (default: all)",
+    )
     parser.add_argument("--node-cpus", type=int, default=2, help="CPUs of the worker node")
     parser.add_argument(
         "--set",
@@ -120,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
-        "benchmark": "stage fixed cost on a two-node cluster: worker group vs Ray task",
+        "benchmark": "stage fixed cost on a two-node cluster: worker groups vs Ray tasks",
         "command": " ".join(
             ["python", "scripts/bench_cluster_placement.py", *(argv or sys.argv[1:])]
         ),
@@ -139,25 +155,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.add_node(num_cpus=args.node_cpus)
         cluster.wait_for_nodes()
         for repeat in range(args.repeats):
-            for in_process in PLACEMENTS:
+            for placement in args.placements:
                 run = run_once(
-                    cluster.address, str(Path(data).resolve()), work, in_process, args.sets
+                    cluster.address, str(Path(data).resolve()), work, placement, args.sets
                 )
                 run["repeat"] = repeat
                 record["runs"].append(run)
                 fixed = {stage: round(v["fixed_seconds"], 2) for stage, v in run["stages"].items()}
-                print(in_process, run["stage_placement"], "fixed", fixed, flush=True)
+                print(placement, run["stage_placement"], "fixed", fixed, flush=True)
     finally:
         cluster.shutdown()
     record["load_average_after"] = os.getloadavg()
     summary: dict[str, Any] = {}
-    for in_process in PLACEMENTS:
-        runs = [run for run in record["runs"] if run["in_process"] == in_process]
-        summary[in_process] = {
+    for placement in args.placements:
+        runs = [run for run in record["runs"] if run["placement"] == placement]
+        summary[placement] = {
             stage: [round(run["stages"][stage]["fixed_seconds"], 2) for run in runs]
             for stage in ("pretrain", "ttnn")
         }
-        summary[in_process]["command_wall_seconds"] = [
+        summary[placement]["fixed_seconds_per_stage"] = [
+            round(run["fixed_seconds_both_stages"] / 2, 2) for run in runs
+        ]
+        summary[placement]["command_wall_seconds"] = [
             round(run["command_wall_seconds"], 1) for run in runs
         ]
     tests = {json.dumps(run["test"], sort_keys=True) for run in record["runs"]}
