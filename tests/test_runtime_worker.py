@@ -251,10 +251,11 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
     from cadc_ray.runtime.ingest import STREAM_BLOCK_BYTES, training_input
 
     driver_block_bytes = ray.data.DataContext.get_current().target_max_block_size
+    driver_order = ray.data.DataContext.get_current().execution_options.preserve_order
 
     folder = tmp_path / "train"
     _write_pairs(folder, {"a.parquet": [(0, 1), (1, 2), (2, 0)]})
-    for workers, ordered in ((1, True), (2, False)):
+    for workers, ordered in ((0, True), (1, True), (2, False)):
         config = ExperimentConfig(resources=ResourcesConfig(num_workers=workers, ingest="stream"))
         training = training_input(config, folder, seed=0)
         assert training.datasets is not None and set(training.datasets) == {"train"}
@@ -262,9 +263,12 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
         assert type(training.dataset_config) is DataConfig  # Train's own equal split
         options = training.dataset_config._resolve_execution_options("train")
         assert options.preserve_order is ordered
+        # Local mode iterates the dataset itself, without Train's DataConfig.
+        assert training.datasets["train"].context.execution_options.preserve_order is ordered
         assert training.loop_entries["ingest"] == "stream"
         assert training.loop_entries["train_folder"] == str(folder.resolve())
         # Small blocks for this dataset only: the driver's other Ray Data work keeps its own.
         assert training.datasets["train"].context.target_max_block_size == STREAM_BLOCK_BYTES
         assert ray.data.DataContext.get_current().target_max_block_size == driver_block_bytes
     assert driver_block_bytes != STREAM_BLOCK_BYTES
+    assert ray.data.DataContext.get_current().execution_options.preserve_order is driver_order

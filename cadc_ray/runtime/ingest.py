@@ -148,6 +148,11 @@ def training_input(
         folder, columns=STREAMED_COLUMNS, target_block_bytes=STREAM_BLOCK_BYTES
     ).randomize_block_order(seed=block_order)
     single_worker = config.resources.num_workers <= 1
+    # Train's local mode (num_workers: 0) hands the loop this dataset itself and ignores the
+    # DataConfig: its own context (a copy per dataset) must keep the order too. Without it
+    # the read tasks' completion order decided the batches, and a repeated one-worker local
+    # run could differ (seen once in CI, 2026-12-01).
+    dataset.context.execution_options.preserve_order = single_worker
     return TrainingInput(
         {dataset_name: dataset}, stream_data_config(preserve_order=single_worker), entries
     )
