@@ -19,7 +19,8 @@ Parquet metadata, :func:`resolve_ingest`):
   blocks to whichever worker asks first, so with 2+ workers which rank sees which rows is
   not reproducible, and a resumed run continues from the checkpointed epoch with the same
   seeds but not bit-exactly. With one worker, the order is preserved
-  (``preserve_order``): the same seed gives the same metrics.
+  (``preserve_order``, in a worker group and in Train's local mode): the same seed gives
+  the same metrics.
 
 Imported lazily by the stage drivers (it imports Ray Train).
 """
