@@ -32,7 +32,7 @@ import torch
 
 from cadc_ray.config import ExperimentConfig
 from cadc_ray.runtime.checkpoint import CheckpointError
-from cadc_ray.runtime.stage import StageEnvironment
+from cadc_ray.runtime.stage import EnvironmentHook, StageEnvironment
 
 if TYPE_CHECKING:
     from cadc_ray.models.pretrained import PretrainedTables
@@ -103,7 +103,7 @@ def resume_points(
     raise CheckpointError(f"a joint run cannot resume a checkpoint of stage {stage!r}")
 
 
-def _restoring(state: dict[str, Any] | None) -> Any:
+def _restoring(state: dict[str, Any] | None) -> EnvironmentHook:
     """An environment hook: the stage resumes from ``state`` (None: it starts fresh)."""
 
     def adapt(environment: StageEnvironment) -> StageEnvironment:
@@ -112,7 +112,7 @@ def _restoring(state: dict[str, Any] | None) -> Any:
     return adapt
 
 
-def _ttnn_environment(state: dict[str, Any] | None, teacher: dict[str, Any]) -> Any:
+def _ttnn_environment(state: dict[str, Any] | None, teacher: dict[str, Any]) -> EnvironmentHook:
     """The TTNN's environment hook: resumes from ``state``; its checkpoints carry ``teacher``."""
 
     def adapt(environment: StageEnvironment) -> StageEnvironment:

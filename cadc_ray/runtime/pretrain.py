@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.models.pretrained import PretrainedTables
-from cadc_ray.runtime.stage import Batches, StageEnvironment, TrainingData
+from cadc_ray.runtime.stage import Batches, EnvironmentHook, StageEnvironment, TrainingData
 from cadc_ray.training.alternation import MFOptimizers
 
 logger = logging.getLogger(__name__)
@@ -175,10 +174,6 @@ def train_mf_stage(
         "loop_seconds": run.loop_seconds,
         "epochs": settings.epochs,
     }
-
-
-EnvironmentHook = Callable[[StageEnvironment], StageEnvironment]
-"""Adapts a Train worker's stage environment (``runtime.joint``: restore and checkpoints)."""
 
 
 def mf_in_worker(

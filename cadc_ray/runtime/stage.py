@@ -186,6 +186,11 @@ class StageEnvironment:
     gauges: StageGauges | None = None  # rank 0 under Ray with metrics on; else None
 
 
+EnvironmentHook = Callable[[StageEnvironment], StageEnvironment]
+"""Adapts a Train worker's stage environment before the stage runs (``runtime.joint``: where
+the stage resumes from, what its checkpoints carry)."""
+
+
 @dataclass
 class LocalReports:
     """The reports of a :func:`local_environment` run, in order."""

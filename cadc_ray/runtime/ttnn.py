@@ -8,7 +8,8 @@ counts.
 
 Pretrained tables arrive as ``[ObjectRef]`` (wrapped: a bare top-level ref would be
 resolved and copied by value: docs/ray_notes.md, "Object store") and are ``ray.get`` in the worker: zero-copy,
-read-only numpy that frozen techniques wrap and ``init`` copies.
+read-only numpy that frozen techniques wrap and ``init`` copies. In a worker group that
+trained the teacher just before (``runtime.joint``), the worker's own tables are used.
 
 Every epoch: train, then (every ``train.eval_every`` epochs and at the last) full-ranking
 validation in which each rank scores a disjoint slice of the users and the hit/NDCG sums
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
-from cadc_ray.runtime.stage import Batches, StageEnvironment, TrainingData
+from cadc_ray.runtime.stage import Batches, EnvironmentHook, StageEnvironment, TrainingData
 
 if TYPE_CHECKING:
     from cadc_ray.data import EntityFeatures, HeldOutSets, InteractionCounts
@@ -445,7 +446,7 @@ def train_ttnn_stage(
 def ttnn_in_worker(
     loop_config: dict[str, Any],
     checkpoint_prefix: str = "",
-    adapt: Callable[[StageEnvironment], StageEnvironment] | None = None,
+    adapt: EnvironmentHook | None = None,
     pretrained: PretrainedTables | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
     """The TTNN stage in a Train worker -> (rank, :func:`train_ttnn_stage`'s output).
