@@ -24,8 +24,8 @@ from cadc_ray.runtime.joint import (
     resume_points,
     teacher_entry,
     teacher_output,
-    teacher_tables,
 )
+from cadc_ray.runtime.pretrain import exported_tables
 from cadc_ray.runtime.session import StagePlacement, share_worker_group
 
 
@@ -68,7 +68,7 @@ def test_a_ttnn_checkpoint_carries_the_teacher_through_a_weights_only_load(
     assert {key: back[key] for key in back if key not in ("user", "item")} == {
         key: output[key] for key in output if key not in ("user", "item")
     }
-    tables = teacher_tables(back)
+    tables = exported_tables(back)
     assert (tables.pretrainer, tables.global_bias) == ("mf", -0.25)
     np.testing.assert_array_equal(tables.user, output["user"])
 

@@ -35,7 +35,6 @@ from cadc_ray.runtime.checkpoint import CheckpointError
 from cadc_ray.runtime.stage import EnvironmentHook, StageEnvironment
 
 if TYPE_CHECKING:
-    from cadc_ray.models.pretrained import PretrainedTables
     from cadc_ray.runtime.pretrain import PretrainResult
     from cadc_ray.runtime.ttnn import TTNNInputs, TTNNResult
 
@@ -66,18 +65,6 @@ def teacher_output(entry: dict[str, Any]) -> dict[str, Any]:
     for key in _TABLE_KEYS:
         output[key] = entry[key].numpy()
     return output
-
-
-def teacher_tables(mf_output: dict[str, Any]) -> PretrainedTables:
-    """The teacher the TTNN trains with, from the MF stage's output."""
-    from cadc_ray.models.pretrained import PretrainedTables
-
-    return PretrainedTables(
-        user=np.asarray(mf_output["user"]),
-        item=np.asarray(mf_output["item"]),
-        pretrainer=mf_output["pretrainer"],
-        global_bias=float(mf_output["global_bias"]),
-    )
 
 
 def resume_points(
@@ -132,7 +119,7 @@ def _ttnn_environment(state: dict[str, Any] | None, teacher: dict[str, Any]) -> 
 
 def _joint_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """``train_loop_per_worker``: MF, then the TTNN with the teacher this worker holds."""
-    from cadc_ray.runtime.pretrain import mf_in_worker
+    from cadc_ray.runtime.pretrain import exported_tables, mf_in_worker
     from cadc_ray.runtime.ttnn import ttnn_in_worker
     from cadc_ray.runtime.worker import restore_from_train_checkpoint
 
@@ -150,7 +137,7 @@ def _joint_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         loop_config["ttnn"],
         TTNN_PREFIX,
         _ttnn_environment(ttnn_state, teacher),
-        pretrained=teacher_tables(mf_output),
+        pretrained=exported_tables(mf_output),
     )
     if rank != 0:
         return None

@@ -217,20 +217,25 @@ def mf_loop_config(
     storage_path: str | None,
 ) -> dict[str, Any]:
     """The MF stage's ``train_loop_config`` (without its ingest entries)."""
-    from cadc_ray.runtime.trainer import local_checkpoint_root
+    from cadc_ray.runtime.trainer import stage_loop_config
 
     return {
-        "config": to_dict(config),
+        **stage_loop_config(config, run_name=run_name, storage_path=storage_path),
         "pretrainer": pretrainer,
         "num_users": num_users,
         "num_items": num_items,
-        "run_name": run_name,
-        "local_checkpoint_root": (
-            local_checkpoint_root(storage_path, run_name)
-            if config.resources.num_workers == 0
-            else None
-        ),
     }
+
+
+def exported_tables(output: dict[str, Any]) -> PretrainedTables:
+    """The teacher's tables in :func:`train_mf_stage`'s ``output`` (or in a copy of it that
+    holds them as tensors, ``runtime.joint``)."""
+    return PretrainedTables(
+        user=np.asarray(output["user"]),
+        item=np.asarray(output["item"]),
+        pretrainer=output["pretrainer"],
+        global_bias=float(output["global_bias"]),
+    )
 
 
 def pretrain_result(
@@ -239,14 +244,8 @@ def pretrain_result(
     """:class:`PretrainResult` of :func:`train_mf_stage`'s ``output`` (rank 0's)."""
     if output is None:
         raise RuntimeError(f"pretraining run {run_name!r} returned no tables from rank 0")
-    tables = PretrainedTables(
-        user=np.asarray(output["user"]),
-        item=np.asarray(output["item"]),
-        pretrainer=output["pretrainer"],
-        global_bias=float(output["global_bias"]),
-    )
     return PretrainResult(
-        tables=tables,
+        tables=exported_tables(output),
         seconds=seconds,
         epochs=int(output["epochs"]),
         history=list(output["history"]),

@@ -40,6 +40,25 @@ def local_checkpoint_root(storage_path: str | None, run_name: str) -> str | None
     return str(Path(storage_path) / run_name / LOCAL_CHECKPOINT_DIR)
 
 
+def stage_loop_config(
+    config: ExperimentConfig, *, run_name: str, storage_path: str | None
+) -> dict[str, Any]:
+    """The ``train_loop_config`` entries every stage reads (``runtime.stage.start_worker_stage``
+    and ``train_environment``): the config as a plain dict, the run's name (gauges) and
+    where local mode writes its checkpoints (None for a worker group, which Train persists)."""
+    from cadc_ray.config import to_dict
+
+    return {
+        "config": to_dict(config),
+        "run_name": run_name,
+        "local_checkpoint_root": (
+            local_checkpoint_root(storage_path, run_name)
+            if config.resources.num_workers == 0
+            else None
+        ),
+    }
+
+
 def run_torch_trainer(
     train_loop: Callable[[dict[str, Any]], Any],
     loop_config: dict[str, Any],

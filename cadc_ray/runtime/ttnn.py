@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cadc_ray.config import ExperimentConfig, to_dict
+from cadc_ray.config import ExperimentConfig
 from cadc_ray.runtime.stage import Batches, EnvironmentHook, StageEnvironment, TrainingData
 
 if TYPE_CHECKING:
@@ -501,21 +501,15 @@ def ttnn_loop_config(
     storage_path: str | None,
 ) -> dict[str, Any]:
     """The TTNN stage's ``train_loop_config`` (without its ingest entries)."""
-    from cadc_ray.runtime.trainer import local_checkpoint_root
+    from cadc_ray.runtime.trainer import stage_loop_config
 
     return {
-        "config": to_dict(config),
+        **stage_loop_config(config, run_name=run_name, storage_path=storage_path),
         "num_users": inputs.num_users,
         "num_items": inputs.num_items,
         "split": inputs.split,
         "prepared": str(inputs.prepared),
         "pretrained": inputs.pretrained,
-        "run_name": run_name,
-        "local_checkpoint_root": (
-            local_checkpoint_root(storage_path, run_name)
-            if config.resources.num_workers == 0
-            else None
-        ),
     }
 
 
