@@ -274,6 +274,38 @@ def start_in_background(
     return thread, outcome
 
 
+def kill_train_worker_when(
+    stage: threading.Thread,
+    is_the_run: Callable[[dict[str, Any]], bool],
+    ready: Callable[[], Any],
+    deadline: float,
+) -> tuple[int, Any] | None:
+    """SIGKILLs rank 0's worker of the newest Train run that ``is_the_run`` accepts, as soon
+    as ``ready()`` returns something other than None; returns ``(killed pid, what ready
+    returned)``, or None when ``stage`` ended or ``time.monotonic()`` passed ``deadline``
+    first.
+
+    The pid comes from the state API first (polled every 0.2 s: it lists a run's workers
+    seconds after they start); then only ``ready`` is polled, every 0.02 s, so the kill
+    lands right after what it waits for (e.g. a checkpoint on disk).
+    """
+    import signal
+
+    worker_pid = None
+    while worker_pid is None and stage.is_alive() and time.monotonic() < deadline:
+        runs = [run for run in train_runs(before_first_run_ok=True) if is_the_run(run)]
+        workers = runs[0]["attempts"][-1]["workers"] if runs and runs[0]["attempts"] else []
+        worker_pid = int(workers[0]["pid"]) if workers else None
+        time.sleep(0.2)
+    while worker_pid is not None and stage.is_alive() and time.monotonic() < deadline:
+        found = ready()
+        if found is not None:
+            os.kill(worker_pid, signal.SIGKILL)
+            return worker_pid, found
+        time.sleep(0.02)
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # The session dashboard's HTTP API (needs the ray_session fixture)
 

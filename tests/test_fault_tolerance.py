@@ -256,10 +256,10 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
     """
     from conftest import (  # the same tiny stage and dashboard helpers as test_monitoring
         TinySplit,
+        kill_train_worker_when,
         start_in_background,
         tiny_pretrain_config,
         train_run_named,
-        train_runs,
         write_tiny_interactions,
     )
 
@@ -293,28 +293,21 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
             storage_path=str(storage),
         ),
     )
-    # Find the worker's pid first (state API), then watch only the file system, so the
-    # kill lands right after the epoch-2 checkpoint is written, early in epoch 3.
+    # The kill lands right after the epoch-2 checkpoint is written, early in epoch 3.
     deadline = time.monotonic() + 240
-    worker_pid = None
-    while worker_pid is None and stage.is_alive() and time.monotonic() < deadline:
-        runs = [run for run in train_runs(before_first_run_ok=True) if run["name"] == run_name]
-        workers = runs[0]["attempts"][-1]["workers"] if runs and runs[0]["attempts"] else []
-        worker_pid = int(workers[0]["pid"]) if workers else None
-        time.sleep(0.2)
     checkpoint_marker = storage / run_name / f"epoch_{kill_after_epoch:06d}"
-    killed_pid = None
-    while worker_pid is not None and stage.is_alive() and time.monotonic() < deadline:
-        if checkpoint_marker.exists():
-            os.kill(worker_pid, signal.SIGKILL)
-            killed_pid = worker_pid
-            break
-        time.sleep(0.02)
+    killed = kill_train_worker_when(
+        stage,
+        lambda run: run["name"] == run_name,
+        lambda: True if checkpoint_marker.exists() else None,
+        deadline,
+    )
     stage.join(timeout=max(deadline - time.monotonic(), 1))
     assert not stage.is_alive(), "the restarted run did not finish in time"
     if "error" in outcome:
         raise outcome["error"]
-    assert killed_pid is not None, "the run finished before the worker could be killed"
+    assert killed is not None, "the run finished before the worker could be killed"
+    killed_pid = killed[0]
 
     run = train_run_named(run_name)
     attempts = run["attempts"]
@@ -375,7 +368,7 @@ def test_killed_worker_of_a_joint_run_resumes_the_ttnn_with_its_checkpointed_tea
     TTNN checkpoint exists. The restarted run resumes the TTNN with the teacher
     that checkpoint carries (no second pretraining: the teacher's history, timings included,
     is the checkpoint's) and ends with the numbers of an uninterrupted run."""
-    from conftest import start_in_background, train_run_named, train_runs
+    from conftest import kill_train_worker_when, start_in_background, train_run_named
 
     from cadc_ray import run
     from cadc_ray.runtime.joint import RUN_NAME, TEACHER_KEY
@@ -390,34 +383,32 @@ def test_killed_worker_of_a_joint_run_resumes_the_ttnn_with_its_checkpointed_tea
         "killed-joint-run", lambda: run.run_experiment(config, run_dir=run_dir)
     )
     deadline = time.monotonic() + 300
-    worker_pid = None
-    while worker_pid is None and stage.is_alive() and time.monotonic() < deadline:
-        runs = [
-            entry
-            for entry in train_runs(before_first_run_ok=True)
-            if entry["name"] == RUN_NAME and entry["start_time_ns"] / 1e9 >= started - 1
-        ]
-        workers = runs[0]["attempts"][-1]["workers"] if runs and runs[0]["attempts"] else []
-        worker_pid = int(workers[0]["pid"]) if workers else None
-        time.sleep(0.2)
     # The state API shows the worker seconds after it starts (11.7 s into one run, with
     # the TTNN at epoch 2): kill at the first TTNN checkpoint seen from then on, while at
     # least two epochs are left.
     folder = run_dir / "ray_train" / RUN_NAME
-    checkpointed_teacher, killed_after = None, 0
-    while worker_pid is not None and stage.is_alive() and time.monotonic() < deadline:
+
+    def latest_ttnn_checkpoint() -> Path | None:
         written = sorted(folder.glob(f"ttnn_epoch_*/{CHECKPOINT_FILE}"))
-        if written:
-            os.kill(worker_pid, signal.SIGKILL)
-            killed_after = int(written[-1].parent.name.removeprefix("ttnn_epoch_"))
-            checkpointed_teacher = load_checkpoint(written[-1].parent)[TEACHER_KEY]
-            break
-        time.sleep(0.02)
+        return written[-1].parent if written else None
+
+    killed = kill_train_worker_when(
+        stage,
+        lambda run: run["name"] == RUN_NAME and run["start_time_ns"] / 1e9 >= started - 1,
+        latest_ttnn_checkpoint,
+        deadline,
+    )
+    checkpointed_teacher = None
+    if killed is not None:
+        checkpointed_teacher = load_checkpoint(killed[1])[TEACHER_KEY]
     stage.join(timeout=max(deadline - time.monotonic(), 1))
     assert not stage.is_alive(), "the restarted run did not finish in time"
     if "error" in outcome:
         raise outcome["error"]
-    assert checkpointed_teacher is not None, "the run finished before the worker was killed"
+    assert killed is not None and checkpointed_teacher is not None, (
+        "the run finished before the worker was killed"
+    )
+    killed_after = int(killed[1].name.removeprefix("ttnn_epoch_"))
     assert 1 <= killed_after <= TTNN_EPOCHS - 2, killed_after
 
     result = outcome["result"]
