@@ -246,6 +246,11 @@ class ResourcesConfig:
     # 20 M rows x (3 int64 columns + 2 int64 tensors) is about 800 MB per worker in memory.
     stream_above_rows: int = 20_000_000
     shuffle_buffer_rows: int = 100_000  # streamed rows shuffled locally (per worker)
+    # How far a stream's read may fill the object store ahead of its workers, MiB (all the
+    # stream's workers together). None: Ray Data's own budget, a share of the node's store.
+    # A cap bounds the store a stream takes, e.g. with several streaming trials per node,
+    # and slows the read (docs/scale.md, "A stream with no barrier").
+    stream_object_store_mib: int | None = None
     # use_gpu yes on a cluster whose GPU nodes are all down: how long to wait for the
     # autoscaler to start one before failing (cloud GPU nodes take minutes to set up).
     gpu_wait_seconds: int = 900
@@ -573,6 +578,9 @@ def validate(config: ExperimentConfig, source: str) -> None:
     for path, value in positive_ints.items():
         if value < 1:
             fail(path, f"must be >= 1, got {value}")
+    cap = config.resources.stream_object_store_mib
+    if cap is not None and cap < 1:
+        fail("resources.stream_object_store_mib", f"must be >= 1 or null, got {cap}")
     if config.resources.num_workers < 0:
         fail(
             "resources.num_workers",

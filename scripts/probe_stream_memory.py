@@ -10,7 +10,8 @@ shared-memory pages apart):
   need), against the pyarrow dataset scan it replaced (``count_scanner``);
 - ``stream``: ``iter_torch_batches`` with the local shuffle buffer over the dataset a
   streaming stage gets (``runtime.ingest.training_input``), at the block size it uses
-  (``STREAM_BLOCK_BYTES``) and at Ray Data's default (``stream_default_blocks``).
+  (``STREAM_BLOCK_BYTES``) and at Ray Data's default (``stream_default_blocks``), with the
+  seconds to the first batch and the object store's peak bytes in use (polled every 0.2 s).
 
 Data: synthetic, prepared and split by the package, ``--catalogue`` users x items at every
 row count (so only the rows grow). Writes ``--output`` (JSON)::
@@ -77,9 +78,27 @@ def run_step(step: str, folder: str, num_users: int, num_items: int) -> dict[str
                 peaks[key] = max(peaks[key], value)
             time.sleep(0.01)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    store_peak_bytes = 0
+
+    def sample_object_store() -> None:
+        """The object store's bytes in use, polled from the raylet (Ray's internal API, as
+        ``ray memory`` does): how much of the epoch the stream holds at once."""
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        nonlocal store_peak_bytes
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        while not done.is_set():
+            used = get_memory_info_reply(state).store_stats.object_store_bytes_used
+            store_peak_bytes = max(store_peak_bytes, int(used))
+            time.sleep(0.2)
+
+    samplers = [threading.Thread(target=sample)]
+    if streaming:
+        samplers.append(threading.Thread(target=sample_object_store))
+    for sampler in samplers:
+        sampler.start()
     started = time.perf_counter()
+    first_batch_seconds = None
     rows = 0
     if step == "count":
         rows = count_interactions(folder, num_users, num_items).rows
@@ -103,14 +122,19 @@ def run_step(step: str, folder: str, num_users: int, num_items: int) -> dict[str
             local_shuffle_buffer_size=SHUFFLE_ROWS,
             local_shuffle_seed=0,
         ):
+            if first_batch_seconds is None:  # how long a stage waits before its first step
+                first_batch_seconds = round(time.perf_counter() - started, 2)
             rows += int(batch["user_id"].shape[0])
     seconds = time.perf_counter() - started
     done.set()
-    sampler.join()
+    for sampler in samplers:
+        sampler.join()
     return {
         "step": step,
         "rows": rows,
         "seconds": round(seconds, 2),
+        "first_batch_seconds": first_batch_seconds,
+        "object_store_peak_mib": round(store_peak_bytes / 2**20) if streaming else None,
         "start_mib": start,
         "peak_above_start_mib": {key: peaks[key] - start[key] for key in start},
     }
@@ -135,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=float, nargs="+", default=[1e6, 1e7])
     parser.add_argument("--catalogue", type=int, nargs=2, default=[200_000, 20_000])
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--steps", choices=STEPS, nargs="+", default=list(STEPS))
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -157,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="probe_stream_memory-") as work:
         for rows in sorted(int(r) for r in args.rows):
             folder = prepare(rows, users, items, Path(work))
-            for step in STEPS:
+            for step in args.steps:
                 command = [sys.executable, __file__, "--output", str(args.output)]
                 command += ["--step", step, "--folder", folder]
                 command += ["--catalogue", str(users), str(items)]

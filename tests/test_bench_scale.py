@@ -142,11 +142,15 @@ def test_ratio_is_none_when_a_side_is_missing(bench: ModuleType) -> None:
     assert bench.ratio(6.0, 0.0) is None
 
 
-def _training(workers: int, mf_vs_dense: float, mf_mib: float, ttnn_mib: float) -> dict[str, Any]:
+def _training(
+    workers: int, mf_vs_dense: tuple[float, float], mf_mib: float, ttnn_mib: float
+) -> dict[str, Any]:
+    """``mf_vs_dense``: against the plain dense loop and against it with the tuned allocator."""
     return {
         "workers": workers,
         "ingest": "stream",
-        "mf_vs_dense": mf_vs_dense,
+        "mf_vs_dense": mf_vs_dense[0],
+        "mf_vs_dense_tuned_allocator": mf_vs_dense[1],
         "mf": {"peak_worker_rss_mib": mf_mib},
         "ttnn": {"peak_worker_rss_mib": ttnn_mib},
     }
@@ -166,8 +170,8 @@ def _run(rows: int, split_ratio: float | None, training: list[dict[str, Any]]) -
 
 def test_summary_reports_ratios_fixed_costs_and_goals(bench: ModuleType) -> None:
     runs = [
-        _run(10**6, 0.6, [_training(1, 5.0, 400.0, 500.0), {"workers": 2, "error": "boom"}]),
-        _run(10**7, 0.4, [_training(1, 4.5, 440.0, 500.0)]),
+        _run(10**6, 0.6, [_training(1, (5.0, 4.2), 400.0, 500.0), {"workers": 2, "error": "boom"}]),
+        _run(10**7, 0.4, [_training(1, (4.5, 3.9), 440.0, 500.0)]),
     ]
     summary = bench.summarize(runs)
     assert summary["split_vs_baseline"] == {"1000000": 0.6, "10000000": 0.4}
@@ -178,12 +182,14 @@ def test_summary_reports_ratios_fixed_costs_and_goals(bench: ModuleType) -> None
     stream = summary["training"]["workers=1,ingest=stream"]
     assert stream["rows"] == [10**6, 10**7]
     assert stream["mf_vs_dense"] == [5.0, 4.5]
+    assert stream["mf_vs_dense_tuned_allocator"] == [4.2, 3.9]
     assert stream["memory_elasticity"]["mf"] == pytest.approx(math.log10(1.1))
     assert stream["memory_elasticity"]["ttnn"] == pytest.approx(0.0)
     assert list(summary["training"]) == ["workers=1,ingest=stream"]  # the failed run left out
     assert summary["goals"] == {
         "split_at_least_half_of_baseline": False,  # 0.4 at 10^7
         "mf_at_least_4x_dense": True,
+        "mf_at_least_4x_dense_tuned_allocator": False,  # 3.9 at 10^7
         "worker_memory_flat_in_rows": True,  # 10x rows, 1.1x memory
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,7 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
     from cadc_ray.runtime.ingest import STREAM_BLOCK_BYTES, training_input
 
     driver_block_bytes = ray.data.DataContext.get_current().target_max_block_size
+    driver_limits = ray.data.DataContext.get_current().execution_options.resource_limits
     driver_order = ray.data.DataContext.get_current().execution_options.preserve_order
 
     folder = tmp_path / "train"
@@ -265,10 +267,96 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
         assert options.preserve_order is ordered
         # Local mode iterates the dataset itself, without Train's DataConfig.
         assert training.datasets["train"].context.execution_options.preserve_order is ordered
+        # Ray Data's own object-store budget unless resources.stream_object_store_mib caps it.
+        capped = training_input(
+            dataclasses.replace(
+                config, resources=dataclasses.replace(config.resources, stream_object_store_mib=64)
+            ),
+            folder,
+            seed=0,
+        )
+        assert capped.datasets is not None and capped.dataset_config is not None
+        for training_, budget in ((training, None), (capped, 64 << 20)):
+            assert training_.datasets is not None and training_.dataset_config is not None
+            for options_ in (
+                training_.dataset_config._resolve_execution_options("train"),
+                training_.datasets["train"].context.execution_options,
+            ):
+                assert options_.resource_limits.object_store_memory == (
+                    budget if budget is not None else driver_limits.object_store_memory
+                )
         assert training.loop_entries["ingest"] == "stream"
         assert training.loop_entries["train_folder"] == str(folder.resolve())
         # Small blocks for this dataset only: the driver's other Ray Data work keeps its own.
         assert training.datasets["train"].context.target_max_block_size == STREAM_BLOCK_BYTES
         assert ray.data.DataContext.get_current().target_max_block_size == driver_block_bytes
     assert driver_block_bytes != STREAM_BLOCK_BYTES
+    assert ray.data.DataContext.get_current().execution_options.resource_limits == driver_limits
     assert ray.data.DataContext.get_current().execution_options.preserve_order is driver_order
+
+
+@pytest.mark.ray
+def test_a_stream_reads_its_files_in_a_new_seeded_order_every_epoch_with_no_barrier(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Every execution (a streamed epoch) reads each row once, its files in a new order;
+    the same seed repeats the sequence of orders. No all-to-all operator in the plan: one
+    (Ray Data's ``randomize_block_order`` was) holds every block of the epoch in the
+    object store before the first batch leaves, so the stream would not stream."""
+    from ray.data._internal.logical.operators.all_to_all_operator import AbstractAllToAll
+
+    from cadc_ray.config import ExperimentConfig
+    from cadc_ray.runtime.ingest import training_input
+
+    folder = tmp_path / "train"
+    num_files, rows_per_file = 6, 2  # file k holds the rows of user k
+    _write_pairs(
+        folder,
+        {f"part-{k}.parquet": [(k, j) for j in range(rows_per_file)] for k in range(num_files)},
+    )
+    config = ExperimentConfig(resources=ResourcesConfig(num_workers=1, ingest="stream"))
+
+    def file_orders(seed: int, epochs: int = 3) -> list[list[int]]:
+        datasets = training_input(config, folder, seed=seed).datasets
+        assert datasets is not None
+        dataset = datasets["train"]
+        operators, pending = [], [dataset._logical_plan.dag]
+        while pending:
+            operator = pending.pop()
+            operators.append(operator)
+            pending.extend(operator.input_dependencies)
+        assert not [op.name for op in operators if isinstance(op, AbstractAllToAll)]
+        orders = []
+        for _ in range(epochs):
+            users = [int(row["user_id"]) for row in dataset.iter_rows()]
+            assert sorted(users) == sorted(
+                k for k in range(num_files) for _ in range(rows_per_file)
+            )
+            orders.append(list(dict.fromkeys(users)))  # one worker: the order is preserved
+        return orders
+
+    first = file_orders(seed=3)
+    assert len({tuple(order) for order in first}) > 1  # a new order per epoch
+    assert file_orders(seed=3) == first  # the same seed, the same orders
+    assert file_orders(seed=4) != first
+
+
+def test_a_capped_streams_object_store_budget_keeps_blocks_for_every_worker() -> None:
+    """``resources.stream_object_store_mib`` caps a stream's read-ahead, but never below
+    ``STREAM_BLOCKS_PER_WORKER`` blocks per worker; unset, Ray Data's budget applies."""
+    from cadc_ray.config import load_config
+    from cadc_ray.runtime.ingest import (
+        STREAM_BLOCK_BYTES,
+        STREAM_BLOCKS_PER_WORKER,
+        stream_object_store_bytes,
+    )
+
+    assert stream_object_store_bytes(ResourcesConfig()) is None
+    assert stream_object_store_bytes(ResourcesConfig(stream_object_store_mib=256)) == 256 << 20
+    floor = STREAM_BLOCKS_PER_WORKER * STREAM_BLOCK_BYTES
+    many = ResourcesConfig(num_workers=8, stream_object_store_mib=1)
+    assert stream_object_store_bytes(many) == 8 * floor
+    local = ResourcesConfig(num_workers=0, stream_object_store_mib=1)  # local mode: one worker
+    assert stream_object_store_bytes(local) == floor
+    with pytest.raises(ConfigError, match=r"resources\.stream_object_store_mib: must be >= 1"):
+        load_config(None, ["resources.stream_object_store_mib=0"])

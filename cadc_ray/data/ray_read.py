@@ -54,20 +54,29 @@ def read_parquet(
     columns: Sequence[str] | None = None,
     override_num_blocks: int | None = None,
     target_block_bytes: int | None = None,
+    file_order_seed: int | None = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Dataset of the Parquet file or folder ``path``, read by the V1 reader.
 
     ``target_block_bytes`` sets Ray Data's block size target (``target_max_block_size``)
-    for this dataset only; ``None`` keeps the current one.
+    for this dataset only; ``None`` keeps the current one. ``file_order_seed``: the files
+    are read in a seeded random order, a new one at every execution (the same sequence of
+    orders for the same seed); ``None`` reads them in the folder's order.
     """
     import ray.data
 
     settings: dict[str, Any] = {"use_datasource_v2": USE_DATASOURCE_V2}
     if target_block_bytes is not None:
         settings["target_max_block_size"] = target_block_bytes
+    shuffle = (
+        None
+        if file_order_seed is None
+        else ray.data.FileShuffleConfig(seed=file_order_seed, reseed_after_execution=True)
+    )
     with data_context(**settings):
         return ray.data.read_parquet(
             str(path),
             columns=list(columns) if columns is not None else None,
             override_num_blocks=override_num_blocks,
+            shuffle=shuffle,
         )

@@ -9,8 +9,8 @@ Parquet metadata, :func:`resolve_ingest`):
   permutation of ``row_index``: 1 and ``W`` workers train on the same positives per
   step, and a resumed run is bit-exact. Memory per worker grows with the rows.
 - **stream**: each worker iterates only its own shard, every epoch, through Ray Data
-  (``iter_torch_batches`` with a seeded local shuffle buffer, after a per-epoch seeded
-  block order). Memory per worker is bounded by the batch, the shuffle buffer and the
+  (``iter_torch_batches`` with a seeded local shuffle buffer over the folder's files, read
+  in a per-epoch seeded order). Memory per worker is bounded by the batch, the shuffle buffer and the
   model. Shards must hold equal row counts so that every rank steps equally often (DDP
   and the fused MF step synchronise every step): Train's split with ``equal=True``
   (:func:`stream_data_config`) leaves out up to ``W - 1`` rows per epoch. Only the
@@ -27,6 +27,7 @@ Imported lazily by the stage drivers (it imports Ray Train).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,9 +36,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from ray.data import ExecutionOptions
 from ray.train import DataConfig
 
-from cadc_ray.config import ExperimentConfig
+from cadc_ray.config import ExperimentConfig, ResourcesConfig
 from cadc_ray.runtime.stage import StreamedRows, TrainingData
 from cadc_ray.runtime.worker import WorkerInfo, derive_seed, read_rows
 
@@ -51,6 +53,10 @@ Each block a worker formats into batches and shuffles costs it memory: at 10^7 r
 consumer peaked 239 MiB of anonymous memory above its start with the default (4.1 s) and
 89 MiB with 8 MiB blocks (3.4 s) (``scripts/probe_stream_memory.py``; docs/scale.md,
 "Streaming memory")."""
+
+STREAM_BLOCKS_PER_WORKER = 4
+"""With ``resources.stream_object_store_mib`` set, the stream's object-store budget is still
+at least this many blocks per worker, so that no worker waits on a budget of one block."""
 
 ResolvedIngest = Literal["memory", "stream"]
 
@@ -91,14 +97,36 @@ def resolve_ingest(
     return chosen
 
 
-def stream_data_config(*, preserve_order: bool) -> DataConfig:
+def stream_object_store_bytes(resources: ResourcesConfig) -> int | None:
+    """The object-store budget of one stream's Ray Data execution (all its workers), or
+    None for Ray Data's own (``resources.stream_object_store_mib``)."""
+    if resources.stream_object_store_mib is None:
+        return None
+    workers = max(resources.num_workers, 1)
+    floor = STREAM_BLOCKS_PER_WORKER * STREAM_BLOCK_BYTES * workers
+    return max(resources.stream_object_store_mib << 20, floor)
+
+
+def stream_execution_options(
+    options: ExecutionOptions, resources: ResourcesConfig
+) -> ExecutionOptions:
+    """``options`` (a copy) with the stream's settings: ``preserve_order`` for one worker
+    (its stream is then deterministic) and the object-store budget of
+    :func:`stream_object_store_bytes`."""
+    options = copy.deepcopy(options)
+    options.preserve_order = resources.num_workers <= 1
+    budget = stream_object_store_bytes(resources)
+    if budget is not None:
+        options.resource_limits = options.resource_limits.copy(object_store_memory=budget)
+    return options
+
+
+def stream_data_config(resources: ResourcesConfig) -> DataConfig:
     """Train's ``DataConfig`` for the streaming path: its own split, which gives every
     worker an equal shard (``streaming_split(equal=True)``: equal step counts on every
-    rank), with Train's ingest options plus ``preserve_order`` (a one-worker stream is then
-    deterministic)."""
+    rank), with Train's ingest options and the stream's (:func:`stream_execution_options`)."""
     options = DataConfig.default_ingest_options()
-    options.preserve_order = preserve_order
-    return DataConfig(execution_options=options)
+    return DataConfig(execution_options=stream_execution_options(options, resources))
 
 
 TRAIN_DATASET = "train"
@@ -120,13 +148,11 @@ def training_input(
 ) -> TrainingInput:
     """How the training Parquet folder ``path`` reaches the stage's workers.
 
-    ``seed`` is the stage's seed (the streamed block order derives from it). In memory,
+    ``seed`` is the stage's seed (the streamed file order derives from it). In memory,
     every worker reads the folder itself; a stream gets a Ray Data dataset for Train to
     split, named ``dataset_name`` (a run that trains two stages in one worker group streams
     one dataset per stage, ``runtime.joint``).
     """
-    import ray.data
-
     from cadc_ray.data.ray_read import read_parquet
 
     ingest = resolve_ingest(config, path)
@@ -139,31 +165,34 @@ def training_input(
     }
     if ingest == "memory":
         return TrainingInput(None, None, entries)
-    # A new block order every epoch (every execution), the same sequence for the same seed.
-    block_order = ray.data.RandomSeedConfig(
-        seed=derive_seed(seed, "order") % (2**31), reseed_after_execution=True
-    )
+    # A new file order every epoch (every execution), the same sequence for the same seed.
+    # Not Ray Data's randomize_block_order: it is an all-to-all operator, so every epoch
+    # read the whole folder into the object store before its first batch. Shuffled files
+    # plus the workers' local shuffle buffer keep the read a stream.
     # The smaller block target applies to this dataset only, not to the driver's other
     # Ray Data work.
     dataset = read_parquet(
-        folder, columns=STREAMED_COLUMNS, target_block_bytes=STREAM_BLOCK_BYTES
-    ).randomize_block_order(seed=block_order)
-    single_worker = config.resources.num_workers <= 1
-    # Train's local mode (num_workers: 0) hands the loop this dataset itself and ignores the
-    # DataConfig: its own context (a copy per dataset) must keep the order too. Without it
-    # the read tasks' completion order decided the batches, and a repeated one-worker local
-    # run could differ (seen once in CI, 2026-12-01).
-    dataset.context.execution_options.preserve_order = single_worker
-    return TrainingInput(
-        {dataset_name: dataset}, stream_data_config(preserve_order=single_worker), entries
+        folder,
+        columns=STREAMED_COLUMNS,
+        target_block_bytes=STREAM_BLOCK_BYTES,
+        file_order_seed=derive_seed(seed, "order") % (2**31),
     )
+    # Train's local mode (num_workers: 0) hands the loop this dataset itself and ignores the
+    # DataConfig: its own context (a copy per dataset) must have the stream's options too.
+    # Without preserve_order there, the read tasks' completion order decided the batches,
+    # and a repeated one-worker local run could differ (seen once in CI, 2026-12-01).
+    dataset.context.execution_options = stream_execution_options(
+        dataset.context.execution_options, config.resources
+    )
+    data_config = stream_data_config(config.resources)
+    return TrainingInput({dataset_name: dataset}, data_config, entries)
 
 
 def combined_training_inputs(inputs: Mapping[str, TrainingInput]) -> TrainingInput:
     """The ``TorchTrainer`` input of stages trained one after the other in one worker group:
     every streamed dataset (their names differ, :func:`training_input`'s ``dataset_name``),
     and Train's split config of a streamed one (the same for every stage of one run: it
-    depends on the worker count only). Each stage's ``loop_entries`` stay the caller's to
+    depends on the run's ``resources`` only). Each stage's ``loop_entries`` stay the caller's to
     merge into that stage's own loop config."""
     datasets: dict[str, Any] = {}
     dataset_config = None
