@@ -22,8 +22,9 @@ N/500 items within [2,000, 50,000]) and in one local Ray sized for the largest w
    processes (:func:`dense_mf_baseline`: glibc's allocator as it comes, and tuned as the
    stages tune it);
 5. ratios: Ray split / baseline split (goal >= 0.5) and MF stage loop rows/s / dense loop
-   rows/s (goal >= 4; also against the dense loop with the tuned allocator), per-worker memory growth against rows (goal: flat), and per data
-   stage the fixed cost and marginal rows/s of a line fitted over the row counts.
+   rows/s (goal >= 4; also against the dense loop with the tuned allocator), per-worker
+   memory growth against rows (goal: flat), and per data stage the fixed cost and marginal
+   rows/s of a line fitted over the row counts.
 
 Evaluation is bounded: above ``--eval-users`` evaluated users, the split's validation and
 test files (in the benchmark's own work folder) keep an evenly spaced subset of users, so
