@@ -276,13 +276,13 @@ def test_stream_ingest_hands_train_an_equal_ordered_split(
             seed=0,
         )
         assert capped.datasets is not None and capped.dataset_config is not None
-        for training_, budget in ((training, None), (capped, 64 << 20)):
-            assert training_.datasets is not None and training_.dataset_config is not None
-            for options_ in (
-                training_.dataset_config._resolve_execution_options("train"),
-                training_.datasets["train"].context.execution_options,
+        for stream, budget in ((training, None), (capped, 64 << 20)):
+            assert stream.datasets is not None and stream.dataset_config is not None
+            for stream_options in (
+                stream.dataset_config._resolve_execution_options("train"),
+                stream.datasets["train"].context.execution_options,
             ):
-                assert options_.resource_limits.object_store_memory == (
+                assert stream_options.resource_limits.object_store_memory == (
                     budget if budget is not None else driver_limits.object_store_memory
                 )
         assert training.loop_entries["ingest"] == "stream"

@@ -10,10 +10,11 @@ Parquet metadata, :func:`resolve_ingest`):
   step, and a resumed run is bit-exact. Memory per worker grows with the rows.
 - **stream**: each worker iterates only its own shard, every epoch, through Ray Data
   (``iter_torch_batches`` with a seeded local shuffle buffer over the folder's files, read
-  in a per-epoch seeded order). Memory per worker is bounded by the batch, the shuffle buffer and the
-  model. Shards must hold equal row counts so that every rank steps equally often (DDP
-  and the fused MF step synchronise every step): Train's split with ``equal=True``
-  (:func:`stream_data_config`) leaves out up to ``W - 1`` rows per epoch. Only the
+  in a per-epoch seeded order). Memory per worker is bounded by the batch, the shuffle
+  buffer and the model. Shards must hold equal row counts so that every rank steps
+  equally often (DDP and the fused MF step synchronise every step): Train's split with
+  ``equal=True`` (:func:`stream_data_config`) leaves out up to ``W - 1`` rows per epoch.
+  Only the
   counts (users, items) are computed from the whole folder, batch by batch
   (``data.count_interactions``). Reproducibility: Ray Data's ``streaming_split`` hands
   blocks to whichever worker asks first, so with 2+ workers which rank sees which rows is
@@ -192,8 +193,8 @@ def combined_training_inputs(inputs: Mapping[str, TrainingInput]) -> TrainingInp
     """The ``TorchTrainer`` input of stages trained one after the other in one worker group:
     every streamed dataset (their names differ, :func:`training_input`'s ``dataset_name``),
     and Train's split config of a streamed one (the same for every stage of one run: it
-    depends on the run's ``resources`` only). Each stage's ``loop_entries`` stay the caller's to
-    merge into that stage's own loop config."""
+    depends on the run's ``resources`` only). Each stage's ``loop_entries`` stay the
+    caller's to merge into that stage's own loop config."""
     datasets: dict[str, Any] = {}
     dataset_config = None
     for training in inputs.values():
