@@ -14,8 +14,7 @@ Parquet metadata, :func:`resolve_ingest`):
   buffer and the model. Shards must hold equal row counts so that every rank steps
   equally often (DDP and the fused MF step synchronise every step): Train's split with
   ``equal=True`` (:func:`stream_data_config`) leaves out up to ``W - 1`` rows per epoch.
-  Only the
-  counts (users, items) are computed from the whole folder, batch by batch
+  Only the counts (users, items) are computed from the whole folder, batch by batch
   (``data.count_interactions``). Reproducibility: Ray Data's ``streaming_split`` hands
   blocks to whichever worker asks first, so with 2+ workers which rank sees which rows is
   not reproducible, and a resumed run continues from the checkpointed epoch with the same
