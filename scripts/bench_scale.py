@@ -47,6 +47,7 @@ import math
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -540,8 +541,6 @@ def dense_mf_baseline(
     Why new processes: measured in the benchmark's own process, the loop's speed depended
     on what ran there before it (the in-process stages tune the allocator: 411k rows/s at
     10^6 rows in one run, 283k in another without them; docs/results.md, "Scale")."""
-    import subprocess
-
     command = [sys.executable, str(Path(__file__).resolve()), "--output", os.devnull]
     command += ["--torch-threads", str(args.torch_threads), "--mf-dim", str(args.mf_dim)]
     command += ["--mf-batch-size", str(args.mf_batch_size)]
