@@ -687,8 +687,8 @@ def bench_rows(
 ) -> dict[str, Any]:
     """Every measurement at N = ``rows``; ``results["runs"]`` gets the record as it grows."""
     from cadc_ray.data import materialize_sample
+    from cadc_ray.data.layout import parquet_rows
     from cadc_ray.pipeline import prepare_data, split_dataset
-    from cadc_ray.runtime.ingest import parquet_rows
 
     first = experiment_config(rows, args.workers[0], args.ingest[0], work, args)
     (prepared, manifest), prepare_record = _stage("prepare", rows, lambda: prepare_data(first))

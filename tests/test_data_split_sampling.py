@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from cadc_ray.data import (
     sample_mask,
 )
 from cadc_ray.data.layout import INTERACTION_SCHEMA, interactions_dir
+from cadc_ray.data import sampling
 from cadc_ray.data.sampling import splitmix64
 from cadc_ray.data.split import (
     SplitEngine,
@@ -315,6 +317,33 @@ def test_sample_same_rows_for_any_block_layout(prepared_split: tuple[Path, Split
     np.testing.assert_array_equal(np.sort(sampled.column("row_index").to_numpy()), expected)
     assert materialize_sample(split, 4.0, 11) == path  # reused
     assert 0.15 < len(expected) / train.num_rows < 0.35
+
+
+@pytest.mark.ray
+def test_both_sample_engines_write_the_same_rows_and_small_data_skips_ray(
+    prepared_split: tuple[Path, SplitPaths], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, split = prepared_split
+    train_rows = pq.read_table(split.train_dir).column("row_index").to_numpy()
+    expected = np.sort(train_rows[sample_mask(train_rows, 3.0, 5)])
+    written = {}
+    for engine in ("ray", "local"):
+        path = materialize_sample(split, 3.0, 5, engine=engine)
+        written[engine] = pq.read_table(path).sort_by("row_index")
+        shutil.rmtree(path)
+    np.testing.assert_array_equal(written["local"].column("row_index").to_numpy(), expected)
+    assert written["local"].column_names == written["ray"].column_names
+    assert written["local"].equals(written["ray"])
+
+    def no_ray_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a small split was sampled through Ray Data")
+
+    # 3,000 rows: the default engine samples in this process.
+    monkeypatch.setattr(sampling, "sample_dataset", no_ray_data)
+    path = materialize_sample(split, 3.0, 5)
+    assert pq.read_table(path).sort_by("row_index").equals(written["local"])
+    with pytest.raises(ValueError, match="sample engine must be auto, ray or local, got 'spark'"):
+        materialize_sample(split, 2.0, 5, engine="spark")  # type: ignore[arg-type]
 
 
 @pytest.mark.ray

@@ -153,7 +153,8 @@ def _write_pairs(folder: Path, shards: dict[str, list[tuple[int, int]]]) -> None
 
 def test_ingest_auto_streams_only_above_the_row_threshold(tmp_path: Path) -> None:
     from cadc_ray.config import ExperimentConfig
-    from cadc_ray.runtime.ingest import parquet_rows, resolve_ingest
+    from cadc_ray.data.layout import parquet_rows
+    from cadc_ray.runtime.ingest import resolve_ingest
 
     folder = tmp_path / "train"
     _write_pairs(folder, {"a.parquet": [(0, 1), (1, 2)], "b.parquet": [(2, 0), (0, 0), (1, 1)]})

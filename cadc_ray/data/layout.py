@@ -115,6 +115,15 @@ def interactions_dir(prepared: Path) -> Path:
     return Path(prepared) / INTERACTIONS_DIR
 
 
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or folder of shards, from the files' metadata (no data read;
+    files named ``_*`` or ``.*``, such as ``_SUCCESS``, are not data)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."])
+    return sum(fragment.metadata.num_rows for fragment in dataset.get_fragments())
+
+
 def shard_name(index: int) -> str:
     """Stable shard names (Ray's row hashes and our sampling never depend on them, but
     humans and checksums do)."""

@@ -40,6 +40,7 @@ from ray.data import ExecutionOptions
 from ray.train import DataConfig
 
 from cadc_ray.config import ExperimentConfig, ResourcesConfig
+from cadc_ray.data.layout import parquet_rows
 from cadc_ray.runtime.stage import StreamedRows, TrainingData
 from cadc_ray.runtime.worker import WorkerInfo, derive_seed, read_rows
 
@@ -59,14 +60,6 @@ STREAM_BLOCKS_PER_WORKER = 4
 at least this many blocks per worker, so that no worker waits on a budget of one block."""
 
 ResolvedIngest = Literal["memory", "stream"]
-
-
-def parquet_rows(path: str | Path) -> int:
-    """Rows of a Parquet file or folder of shards, from the files' metadata (no data read)."""
-    import pyarrow.dataset as ds
-
-    dataset = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."])
-    return sum(fragment.metadata.num_rows for fragment in dataset.get_fragments())
 
 
 def resolve_ingest(
