@@ -28,9 +28,9 @@ from cadc_ray.data import (
     read_pairs,
     sample_dataset,
     sample_mask,
+    sampling,
 )
 from cadc_ray.data.layout import INTERACTION_SCHEMA, interactions_dir
-from cadc_ray.data import sampling
 from cadc_ray.data.sampling import splitmix64
 from cadc_ray.data.split import (
     SplitEngine,
