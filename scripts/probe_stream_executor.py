@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = int(args.rows)
     load_before = os.getloadavg()
+    started_utc = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     records = []
     with tempfile.TemporaryDirectory(prefix="cadc-probe-executor-") as folder:
         work_dir = Path(folder)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "probe_stream_executor",
         "command": " ".join(["python", *sys.argv]),
         "commit": git_commit(),
-        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "started_utc": started_utc,
         "load_average_before": [round(x, 2) for x in load_before],
         "rows": rows,
         "runs": records,
