@@ -299,13 +299,23 @@ def training_key(record: Mapping[str, Any]) -> str:
     return f"workers={record['workers']},ingest={record['ingest']}"
 
 
+def data_stage_key(record: Mapping[str, Any]) -> str:
+    """A data stage's name in the fixed-cost fit: with its engine when the record has one
+    ("split (local)", "split (ray)"), so that one line is never fitted through an
+    in-process point and a Ray Data point."""
+    engine = record.get("engine")
+    return str(record["stage"]) if engine is None else f"{record['stage']} ({engine})"
+
+
 def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The issue's figures over every finished N: ratios, fitted fixed costs, the goals."""
     stages: dict[str, list[tuple[int, float]]] = {}
     split_ratios: dict[str, float | None] = {}
     for run in runs:
         for record in run["data_stages"]:
-            stages.setdefault(record["stage"], []).append((record["rows"], record["seconds"]))
+            stages.setdefault(data_stage_key(record), []).append(
+                (record["rows"], record["seconds"])
+            )
         split_ratios[str(run["rows"])] = run["ratios"]["split_vs_baseline"]
     by_training: dict[str, dict[str, Any]] = {}
     for run in runs:
@@ -688,6 +698,7 @@ def bench_rows(
     """Every measurement at N = ``rows``; ``results["runs"]`` gets the record as it grows."""
     from cadc_ray.data import materialize_sample
     from cadc_ray.data.layout import parquet_rows
+    from cadc_ray.data.split import LOCAL_SPLIT_MAX_ROWS
     from cadc_ray.pipeline import prepare_data, split_dataset
 
     first = experiment_config(rows, args.workers[0], args.ingest[0], work, args)
@@ -698,11 +709,14 @@ def bench_rows(
     train_rows = int(dataset.split.summary()["num_train"])
     # Pass 1 (Ray Data: read, tag, write by user range) inside the split's seconds.
     split_record["by_range_seconds"] = dataset.split.summary().get("by_range_seconds")
+    split_record["engine"] = dataset.split.summary().get("engine")
     sample_path, sample_record = _stage(
         "sample_1_in_10",
         train_rows,
         lambda: materialize_sample(dataset.split, FILTER_RATIO, first.data.sample_seed),
     )
+    # materialize_sample's own choice (engine "auto"), by the same row count.
+    sample_record["engine"] = "local" if train_rows <= LOCAL_SPLIT_MAX_ROWS else "ray"
     run: dict[str, Any] = {
         "rows": rows,
         "num_interactions": int(manifest.num_interactions),

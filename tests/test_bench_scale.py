@@ -194,6 +194,24 @@ def test_summary_reports_ratios_fixed_costs_and_goals(bench: ModuleType) -> None
     }
 
 
+def test_fixed_costs_are_fitted_per_engine(bench: ModuleType) -> None:
+    """A stage that ran in-process at one N and through Ray Data at another gets no line
+    through both; the same engine at both N gets its fit."""
+    runs = []
+    for rows, split_engine in ((10**6, "local"), (10**7, "ray")):
+        run = _run(rows, 0.6, [])
+        run["data_stages"][0]["engine"] = split_engine
+        run["data_stages"].append(
+            {"stage": "sample", "rows": rows, "seconds": 2.0 + rows / 1e7, "engine": "ray"}
+        )
+        runs.append(run)
+    fits = bench.summarize(runs)["data_stage_fixed_cost"]
+    assert fits["split (local)"] is None and fits["split (ray)"] is None
+    assert "split" not in fits
+    assert fits["sample (ray)"]["fixed_seconds"] == pytest.approx(2.0)
+    assert fits["prepare"]["fixed_seconds"] == pytest.approx(1.0)  # no engine: as before
+
+
 def test_summary_of_nothing_measured_has_no_verdicts(bench: ModuleType) -> None:
     summary = bench.summarize([_run(10**6, None, [{"workers": 1, "error": "boom"}])])
     assert set(summary["goals"].values()) == {None}
