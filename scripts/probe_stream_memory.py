@@ -58,6 +58,7 @@ def run_step(step: str, folder: str, num_users: int, num_items: int) -> dict[str
 
     from cadc_ray.config import ExperimentConfig, ResourcesConfig
     from cadc_ray.data import count_interactions
+    from cadc_ray.data.layout import parquet_files
     from cadc_ray.runtime import ingest
 
     assert ResourcesConfig().shuffle_buffer_rows == SHUFFLE_ROWS
@@ -104,7 +105,7 @@ def run_step(step: str, folder: str, num_users: int, num_items: int) -> dict[str
         rows = count_interactions(folder, num_users, num_items).rows
     elif step == "count_scanner":  # what count_interactions did before
         users = np.zeros(num_users, dtype=np.int64)
-        scan = ds.dataset(folder, format="parquet", ignore_prefixes=["_", "."])
+        scan = ds.dataset(parquet_files(folder), format="parquet")
         for batch in scan.to_batches(columns=["user_id", "item_id"], batch_size=1 << 20):
             users += np.bincount(batch.column("user_id").to_numpy(), minlength=num_users)
             rows += batch.num_rows

@@ -139,6 +139,41 @@ def test_sample_mask_is_per_row(rows: list[int], ratio: float, seed: int) -> Non
     np.testing.assert_array_equal(whole, pieces)
 
 
+def test_parquet_folders_are_read_file_by_file_in_name_order_without_markers(
+    tmp_path: Path,
+) -> None:
+    from cadc_ray.data.layout import parquet_batches, parquet_files, parquet_rows
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    pq.write_table(pa.table({"row_index": [3, 4, 5, 6, 7]}), folder / "b.parquet")
+    pq.write_table(pa.table({"row_index": [0, 1, 2]}), folder / "a.parquet")
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".a.parquet.crc").write_text("not parquet")
+    assert [Path(file).name for file in parquet_files(folder)] == ["a.parquet", "b.parquet"]
+    assert parquet_rows(folder) == 8
+    batches = list(parquet_batches(folder, ["row_index"], batch_rows=2))
+    assert [Path(file).name for file, _ in batches] == ["a.parquet"] * 2 + ["b.parquet"] * 3
+    assert [batch.column("row_index").to_pylist() for _, batch in batches] == [
+        [0, 1],
+        [2],
+        [3, 4],
+        [5, 6],
+        [7],
+    ]
+    assert parquet_rows(folder / "b.parquet") == 5  # a single file is a folder of one
+
+
+def test_sampling_a_folder_without_data_files_names_it(tmp_path: Path) -> None:
+    from cadc_ray.data.sampling import sample_table
+
+    split = SplitPaths.under(tmp_path / "split")
+    split.train_dir.mkdir(parents=True)
+    (split.train_dir / "_SUCCESS").write_text("")
+    with pytest.raises(DataError, match=r"train: no Parquet files \(D_full\) to sample from"):
+        sample_table(split, 10.0, 0)
+
+
 # --------------------------------------------------------------------------- Ray Data
 
 

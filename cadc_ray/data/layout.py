@@ -14,6 +14,7 @@ Everything here is plain pyarrow/numpy: Ray workers read it without Ray Data.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,13 +116,30 @@ def interactions_dir(prepared: Path) -> Path:
     return Path(prepared) / INTERACTIONS_DIR
 
 
-def parquet_rows(path: str | Path) -> int:
-    """Rows of a Parquet file or folder of shards, from the files' metadata (no data read;
-    files named ``_*`` or ``.*``, such as ``_SUCCESS``, are not data)."""
+def parquet_files(path: str | Path) -> list[str]:
+    """The data files of a Parquet file or folder of shards, sorted; files named ``_*`` or
+    ``.*`` (``_SUCCESS``, temp files) are not data."""
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."])
-    return sum(fragment.metadata.num_rows for fragment in dataset.get_fragments())
+    return sorted(ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."]).files)
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or folder of shards, from the files' metadata (no data read)."""
+    return sum(pq.ParquetFile(file).metadata.num_rows for file in parquet_files(path))
+
+
+def parquet_batches(
+    path: str | Path, columns: list[str] | None = None, batch_rows: int = 1 << 16
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """``(file, batch)`` over a Parquet file or folder of shards, file after file, without
+    pyarrow's read-ahead or threads: memory holds one batch, not the files."""
+    for file in parquet_files(path):
+        batches = pq.ParquetFile(file, pre_buffer=False).iter_batches(
+            batch_size=batch_rows, columns=columns, use_threads=False
+        )
+        for batch in batches:
+            yield file, batch
 
 
 def shard_name(index: int) -> str:

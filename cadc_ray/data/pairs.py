@@ -24,6 +24,7 @@ from cadc_ray.data.known import (
     sorted_pair_batches,
     write_known_index,
 )
+from cadc_ray.data.layout import parquet_batches
 from cadc_ray.data.split import SplitPaths
 
 logger = logging.getLogger(__name__)
@@ -74,23 +75,16 @@ class InteractionCounts:
 def count_interactions(path: Path | str, num_users: int, num_items: int) -> InteractionCounts:
     """The counts of a Parquet file or folder of shards, read batch by batch (the
     streaming path's workers never hold the rows themselves)."""
-    import pyarrow.dataset as ds
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found (expected a Parquet file or a folder of shards)")
     users = np.zeros(num_users, dtype=np.int64)
     items = np.zeros(num_items, dtype=np.int64)
     rows = 0
-    files = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."]).files
-    for file in sorted(files):
-        batches = pq.ParquetFile(file, pre_buffer=False).iter_batches(
-            batch_size=COUNT_BATCH_ROWS, columns=["user_id", "item_id"], use_threads=False
-        )
-        for batch in batches:
-            users += _bincount(batch.column("user_id").to_numpy(), num_users, "user_id", file)
-            items += _bincount(batch.column("item_id").to_numpy(), num_items, "item_id", file)
-            rows += batch.num_rows
+    for file, batch in parquet_batches(path, ["user_id", "item_id"], COUNT_BATCH_ROWS):
+        users += _bincount(batch.column("user_id").to_numpy(), num_users, "user_id", file)
+        items += _bincount(batch.column("item_id").to_numpy(), num_items, "item_id", file)
+        rows += batch.num_rows
     return InteractionCounts(rows=rows, users=users, items=items)
 
 

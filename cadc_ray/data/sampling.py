@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 
 from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
-from cadc_ray.data.layout import SUCCESS_MARKER, parquet_rows, shard_name
+from cadc_ray.data.layout import (
+    SUCCESS_MARKER,
+    parquet_batches,
+    parquet_files,
+    parquet_rows,
+    shard_name,
+)
 from cadc_ray.data.split import LOCAL_SPLIT_MAX_ROWS, SplitPaths
 
 if TYPE_CHECKING:
@@ -93,17 +99,17 @@ def sample_dataset(
 def sample_table(split: SplitPaths, filter_ratio: float, seed: int) -> pa.Table:
     """``D_sub`` (the D_full columns) filtered in this process, one record batch at a time:
     memory holds the sample and one batch of D_full, not D_full."""
-    import pyarrow.dataset as ds
-
     check_filter_ratio(filter_ratio)
-    dataset = ds.dataset(str(split.train_dir), format="parquet", ignore_prefixes=["_", "."])
+    files = parquet_files(split.train_dir)
+    if not files:
+        raise DataError(f"{split.train_dir}: no Parquet files (D_full) to sample from")
     kept = [
         batch.filter(
             pa.array(sample_mask(batch.column("row_index").to_numpy(), filter_ratio, seed))
         )
-        for batch in dataset.to_batches()
+        for _, batch in parquet_batches(split.train_dir)
     ]
-    return pa.Table.from_batches(kept, schema=dataset.schema)
+    return pa.Table.from_batches(kept, schema=pq.read_schema(files[0]))
 
 
 def sample_dir(split: SplitPaths, filter_ratio: float, seed: int) -> Path:
