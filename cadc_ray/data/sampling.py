@@ -127,8 +127,8 @@ def materialize_sample(
     ``engine``: ``ray`` (needs a running Ray) writes :func:`sample_dataset`; ``local``
     writes :func:`sample_table` as one shard, in this process; ``auto`` is ``local`` up to
     ``LOCAL_SPLIT_MAX_ROWS`` rows of D_full, as the split. Why: at that size a Ray Data job's
-    start costs far more than the sample (1-in-10 of 96k / 960k rows on 2 cores: 1.1-2.3 s
-    through Ray Data, 0.01-0.06 s here; docs/results.md, "The sample in-process").
+    start costs far more than the sample (1-in-10 of 96k / 960k rows on 2 cores, two runs:
+    1.1-5.2 s through Ray Data, 0.01-0.10 s here; docs/results.md, "The sample in-process").
     Both engines write the same rows (tested).
     """
     check_filter_ratio(filter_ratio)
