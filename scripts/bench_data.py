@@ -110,6 +110,12 @@ def _stage(name: str, rows: int, fn: Any) -> tuple[Any, dict[str, Any]]:
 SHARD_ROWS = 2_000_000  # the synthetic benchmarks' prepared shards: at most this many rows
 
 
+def synthetic_catalogue(rows: int) -> tuple[int, int]:
+    """(users, items) of the benchmarks' synthetic data for ``rows`` interactions: N/50
+    users (at least 1,000) and N/500 items within [2,000, 50,000]."""
+    return max(1_000, rows // 50), min(50_000, max(2_000, rows // 500))
+
+
 def synthetic_data_config(rows: int, users: int, items: int, workdir: Path) -> DataConfig:
     """``rows`` synthetic interactions of ``users`` x ``items``, in shards of at most
     ``SHARD_ROWS`` rows, prepared under ``workdir/synthetic-<rows>``."""
@@ -137,8 +143,7 @@ def bench_size(
         prepare_dataset,
     )
 
-    num_users = max(1_000, size // 50)
-    num_items = min(50_000, max(2_000, size // 500))
+    num_users, num_items = synthetic_catalogue(size)
     config = synthetic_data_config(size, num_users, num_items, workdir)
     if reuse_prepared:
         # Only the split and sample stages are measured; any old split/sample is redone.

@@ -29,7 +29,7 @@ from typing import Any
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import git_commit, machine_info, synthetic_data_config
+from bench_data import git_commit, machine_info, synthetic_catalogue, synthetic_data_config
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.data.sampling import SampleEngine
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cadc-bench-sample-") as folder:
         work = Path(folder)
         for rows in args.rows:
-            users, items = max(1_000, rows // 50), min(50_000, max(2_000, rows // 500))
+            users, items = synthetic_catalogue(rows)
             prepared = prepare_dataset(synthetic_data_config(rows, users, items, work), work)
             split = materialize_split(prepared, engine="local")
             train_rows = parquet_rows(split.train_dir)

@@ -59,7 +59,7 @@ import numpy as np
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import SHARD_ROWS, _stage, git_commit, machine_info
+from bench_data import SHARD_ROWS, _stage, git_commit, machine_info, synthetic_catalogue
 from bench_mf import bench_mf
 
 from cadc_ray.atomic import write_atomic, write_text_atomic
@@ -391,7 +391,7 @@ def synthetic_shape(rows: int, catalogue: Sequence[int] | None = None) -> dict[s
     """``data.synthetic`` sizes for N rows, as ``scripts/bench_data.py`` draws them (its
     numbers stay comparable): N/50 users, N/500 items within [2,000, 50,000]; or the fixed
     ``catalogue`` (users, items)."""
-    users, items = catalogue or (max(1_000, rows // 50), min(50_000, max(2_000, rows // 500)))
+    users, items = catalogue or synthetic_catalogue(rows)
     return {
         "num_users": users,
         "num_items": items,
@@ -698,7 +698,7 @@ def bench_rows(
     """Every measurement at N = ``rows``; ``results["runs"]`` gets the record as it grows."""
     from cadc_ray.data import materialize_sample
     from cadc_ray.data.layout import parquet_rows
-    from cadc_ray.data.split import LOCAL_SPLIT_MAX_ROWS
+    from cadc_ray.data.sampling import auto_sample_engine
     from cadc_ray.pipeline import prepare_data, split_dataset
 
     first = experiment_config(rows, args.workers[0], args.ingest[0], work, args)
@@ -715,8 +715,7 @@ def bench_rows(
         train_rows,
         lambda: materialize_sample(dataset.split, FILTER_RATIO, first.data.sample_seed),
     )
-    # materialize_sample's own choice (engine "auto"), by the same row count.
-    sample_record["engine"] = "local" if train_rows <= LOCAL_SPLIT_MAX_ROWS else "ray"
+    sample_record["engine"] = auto_sample_engine(dataset.split)  # materialize_sample's choice
     run: dict[str, Any] = {
         "rows": rows,
         "num_interactions": int(manifest.num_interactions),

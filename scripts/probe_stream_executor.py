@@ -38,7 +38,7 @@ from typing import Any
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import git_commit, synthetic_data_config
+from bench_data import git_commit, synthetic_catalogue, synthetic_data_config
 
 from cadc_ray.atomic import write_text_atomic
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     with tempfile.TemporaryDirectory(prefix="cadc-probe-executor-") as folder:
         work_dir = Path(folder)
-        users, items = max(1_000, rows // 50), min(50_000, max(2_000, rows // 500))
+        users, items = synthetic_catalogue(rows)
         prepared = prepare_dataset(synthetic_data_config(rows, users, items, work_dir), work_dir)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         split = materialize_split(prepared)

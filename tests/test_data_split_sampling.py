@@ -373,7 +373,11 @@ def test_both_sample_engines_write_the_same_rows_and_small_data_skips_ray(
     def no_ray_data(*args: object, **kwargs: object) -> None:
         raise AssertionError("a small split was sampled through Ray Data")
 
-    # 3,000 rows: the default engine samples in this process.
+    # 3,000 rows: the default engine samples in this process; above the threshold, Ray Data.
+    assert sampling.auto_sample_engine(split) == "local"
+    with monkeypatch.context() as patched:
+        patched.setattr(sampling, "LOCAL_SPLIT_MAX_ROWS", 10)
+        assert sampling.auto_sample_engine(split) == "ray"
     monkeypatch.setattr(sampling, "sample_dataset", no_ray_data)
     path = materialize_sample(split, 3.0, 5)
     assert pq.read_table(path).sort_by("row_index").equals(written["local"])

@@ -119,6 +119,12 @@ def sample_dir(split: SplitPaths, filter_ratio: float, seed: int) -> Path:
 SampleEngine = Literal["auto", "ray", "local"]
 
 
+def auto_sample_engine(split: SplitPaths) -> Literal["ray", "local"]:
+    """What ``engine="auto"`` samples ``split`` with: ``local`` up to
+    ``LOCAL_SPLIT_MAX_ROWS`` rows of D_full, ``ray`` above."""
+    return "local" if parquet_rows(split.train_dir) <= LOCAL_SPLIT_MAX_ROWS else "ray"
+
+
 def materialize_sample(
     split: SplitPaths, filter_ratio: float, seed: int, *, engine: SampleEngine = "auto"
 ) -> Path:
@@ -138,7 +144,7 @@ def materialize_sample(
     if (target / SUCCESS_MARKER).is_file():
         return target
     if engine == "auto":
-        engine = "local" if parquet_rows(split.train_dir) <= LOCAL_SPLIT_MAX_ROWS else "ray"
+        engine = auto_sample_engine(split)
     started = time.perf_counter()
     with atomic_directory(target) as temp:
         if engine == "local":
