@@ -274,6 +274,26 @@ def start_in_background(
     return thread, outcome
 
 
+def registered_checkpoint(run_folder: Path, name_prefix: str = "") -> Path | None:
+    """The newest checkpoint Train has registered for the run in ``run_folder`` when its
+    folder name starts with ``name_prefix``, else None.
+
+    Train copies a reported checkpoint into storage file by file, so its folder (and a
+    growing ``state.pt``) shows up before the copy ends; a kill then leaves a truncated
+    file (CI, 2026-12-02). Only after the copy does the controller name the checkpoint in
+    its ``checkpoint_manager_snapshot.json``, and that snapshot is what a restart resumes
+    from. The snapshot itself is rewritten in place: a partly written one reads as None.
+    """
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text(encoding="utf-8")).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not latest or not str(latest["checkpoint_dir_name"]).startswith(name_prefix):
+        return None
+    return run_folder / str(latest["checkpoint_dir_name"])
+
+
 def kill_train_worker_when(
     stage: threading.Thread,
     is_the_run: Callable[[dict[str, Any]], bool],

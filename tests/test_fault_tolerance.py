@@ -257,6 +257,7 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
     from conftest import (  # the same tiny stage and dashboard helpers as test_monitoring
         TinySplit,
         kill_train_worker_when,
+        registered_checkpoint,
         start_in_background,
         tiny_pretrain_config,
         train_run_named,
@@ -293,14 +294,17 @@ def test_killed_train_worker_restarts_from_checkpoint_with_identical_results(
             storage_path=str(storage),
         ),
     )
-    # The kill lands right after the epoch-2 checkpoint is written, early in epoch 3.
+    # The kill lands right after Train has registered the epoch-2 checkpoint, early in
+    # epoch 3.
     deadline = time.monotonic() + 240
-    checkpoint_marker = storage / run_name / f"epoch_{kill_after_epoch:06d}"
+    kill_after = f"epoch_{kill_after_epoch:06d}"
+
+    def epoch_2_registered() -> bool | None:
+        latest = registered_checkpoint(storage / run_name)
+        return True if latest is not None and latest.name >= kill_after else None
+
     killed = kill_train_worker_when(
-        stage,
-        lambda run: run["name"] == run_name,
-        lambda: True if checkpoint_marker.exists() else None,
-        deadline,
+        stage, lambda run: run["name"] == run_name, epoch_2_registered, deadline
     )
     stage.join(timeout=max(deadline - time.monotonic(), 1))
     assert not stage.is_alive(), "the restarted run did not finish in time"
@@ -368,7 +372,12 @@ def test_killed_worker_of_a_joint_run_resumes_the_ttnn_with_its_checkpointed_tea
     TTNN checkpoint exists. The restarted run resumes the TTNN with the teacher
     that checkpoint carries (no second pretraining: the teacher's history, timings included,
     is the checkpoint's) and ends with the numbers of an uninterrupted run."""
-    from conftest import kill_train_worker_when, start_in_background, train_run_named
+    from conftest import (
+        kill_train_worker_when,
+        registered_checkpoint,
+        start_in_background,
+        train_run_named,
+    )
 
     from cadc_ray import run
     from cadc_ray.runtime.joint import RUN_NAME, TEACHER_KEY
@@ -384,18 +393,14 @@ def test_killed_worker_of_a_joint_run_resumes_the_ttnn_with_its_checkpointed_tea
     )
     deadline = time.monotonic() + 300
     # The state API shows the worker seconds after it starts (11.7 s into one run, with
-    # the TTNN at epoch 2): kill at the first TTNN checkpoint seen from then on, while at
-    # least two epochs are left.
+    # the TTNN at epoch 2): kill at the first TTNN checkpoint Train has registered from
+    # then on (a folder still being copied holds a truncated file), while at least two
+    # epochs are left.
     folder = run_dir / "ray_train" / RUN_NAME
-
-    def latest_ttnn_checkpoint() -> Path | None:
-        written = sorted(folder.glob(f"ttnn_epoch_*/{CHECKPOINT_FILE}"))
-        return written[-1].parent if written else None
-
     killed = kill_train_worker_when(
         stage,
         lambda run: run["name"] == RUN_NAME and run["start_time_ns"] / 1e9 >= started - 1,
-        latest_ttnn_checkpoint,
+        lambda: registered_checkpoint(folder, "ttnn_"),
         deadline,
     )
     checkpointed_teacher = None
