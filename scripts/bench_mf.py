@@ -18,6 +18,7 @@ threads and versions. ``--rows 20000 --batches 3`` is a smoke run of a few secon
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -74,7 +75,11 @@ def bench_mf(
     num_items: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Positives/s of dense vs fused MF, per alternation phase (epoch 0: users, 1: items)."""
+    """Positives/s of dense vs fused MF, per alternation phase (epoch 0: users, 1: items).
+
+    With ``args.row_adam_ab`` also the fused step with each table's ``RowAdam`` update in
+    one piece (``fused_update_at_once``, the step before the update went by chunks).
+    """
     user_ids, item_ids = torch.from_numpy(users), torch.from_numpy(items)
     sampler = UniformNegativeSampler(num_items)
     torch.manual_seed(0)
@@ -82,12 +87,18 @@ def bench_mf(
     optimizers = make_mf_optimizers(dense, args.lr, 0.0)
     torch.manual_seed(0)
     fused = FusedMFTrainer(MatrixFactorization(num_users, num_items, args.dim), args.lr)
+    trainers = {"fused": fused}
+    if args.row_adam_ab:
+        torch.manual_seed(0)
+        at_once = FusedMFTrainer(MatrixFactorization(num_users, num_items, args.dim), args.lr)
+        at_once.user.rows_per_chunk = at_once.item.rows_per_chunk = max(num_users, num_items)
+        trainers["fused_update_at_once"] = at_once
     positives = min(users.size, args.batches * args.batch_size)
     result: dict[str, Any] = {"rows": int(users.size), "users": num_users, "items": num_items}
     result["positives_per_measurement"] = positives
     for epoch, phase in ((0, "user"), (1, "item")):
-        seconds: dict[str, list[float]] = {"dense": [], "fused": []}
-        for repeat in range(args.repeats):  # interleaved: load changes hit both alike
+        seconds: dict[str, list[float]] = {"dense": [], **{name: [] for name in trainers}}
+        for repeat in range(args.repeats):  # interleaved: load changes hit all alike
             seed = 10 * epoch + repeat
 
             def dense_epoch(seed: int = seed, epoch: int = epoch) -> None:
@@ -101,9 +112,9 @@ def bench_mf(
                     epoch,
                 )
 
-            def fused_epoch(seed: int = seed, epoch: int = epoch) -> None:
+            def fused_epoch(trainer: FusedMFTrainer, seed: int = seed, epoch: int = epoch) -> None:
                 train_mf_epoch_fused(
-                    fused,
+                    trainer,
                     _batches(user_ids, item_ids, args.batch_size, args.batches, seed),
                     sampler,
                     args.negatives,
@@ -112,7 +123,8 @@ def bench_mf(
                 )
 
             seconds["dense"].append(_timed(dense_epoch))
-            seconds["fused"].append(_timed(fused_epoch))
+            for name, trainer in trainers.items():
+                seconds[name].append(_timed(functools.partial(fused_epoch, trainer)))
         best = {name: min(values) for name, values in seconds.items()}
         result[phase] = {
             "dense_positives_per_s": positives / best["dense"],
@@ -120,6 +132,11 @@ def bench_mf(
             "speedup": best["dense"] / best["fused"],
             "seconds": seconds,
         }
+        if args.row_adam_ab:
+            result[phase]["fused_update_at_once_positives_per_s"] = (
+                positives / best["fused_update_at_once"]
+            )
+            result[phase]["chunked_update_speedup"] = best["fused_update_at_once"] / best["fused"]
     return result
 
 
@@ -276,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; best kept")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--row-adam-ab",
+        action="store_true",
+        help="also time the fused MF step with RowAdam's update in one piece, not in chunks",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/bench_mf.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
