@@ -41,6 +41,7 @@ from cadc_ray.evaluation import KnownPositivesLike, evaluate_full_ranking
 from cadc_ray.models import MatrixFactorization, build_two_tower
 from cadc_ray.training import (
     FusedMFTrainer,
+    RowAdam,
     UniformNegativeSampler,
     make_mf_optimizers,
     make_optimizer,
@@ -138,6 +139,42 @@ def bench_mf(
             )
             result[phase]["chunked_update_speedup"] = best["fused_update_at_once"] / best["fused"]
     return result
+
+
+def bench_row_adam(
+    step_ids: list[np.ndarray], num_rows: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``RowAdam.step`` alone, in chunks (the default ``rows_per_chunk``) and in one piece,
+    interleaved: step ``i`` updates the distinct rows of ``step_ids[i]`` in a (num_rows,
+    d+1) table, with random gradients. Milliseconds per step, best and median of
+    ``args.repeats`` runs over all the steps."""
+    generator = torch.Generator().manual_seed(0)
+    steps = [torch.unique(torch.from_numpy(ids)) for ids in step_ids]
+    gradients = [torch.randn(rows.numel(), args.dim + 1, generator=generator) for rows in steps]
+    optimizers = {
+        "chunks": RowAdam(torch.randn(num_rows, args.dim + 1, generator=generator), args.lr),
+        "at_once": RowAdam(torch.randn(num_rows, args.dim + 1, generator=generator), args.lr),
+    }
+    optimizers["at_once"].rows_per_chunk = num_rows
+    milliseconds: dict[str, list[float]] = {name: [] for name in optimizers}
+    for _ in range(args.repeats):
+        for name, optimizer in optimizers.items():
+
+            def run(optimizer: RowAdam = optimizer) -> None:
+                for rows, grads in zip(steps, gradients, strict=True):
+                    optimizer.step(rows, grads)
+
+            milliseconds[name].append(1e3 * _timed(run) / len(steps))
+    return {
+        "table_rows": num_rows,
+        "rows_per_chunk": optimizers["chunks"].rows_per_chunk,
+        "distinct_rows_per_step": float(np.mean([rows.numel() for rows in steps])),
+        **{
+            f"{name}_ms_per_step": {"best": min(values), "median": float(np.median(values))}
+            for name, values in milliseconds.items()
+        },
+        "milliseconds": milliseconds,
+    }
 
 
 TTNN_USERS, TTNN_ITEMS = 6000, 3700
@@ -317,6 +354,25 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
         "mf_synthetic": bench_mf(synthetic_users, synthetic_items, num_users, num_items, args),
+    }
+    if args.row_adam_ab:
+        # The rows of 20 steps of each phase on the synthetic pairs: a batch's users; its
+        # items and their uniform negatives.
+        batch, negatives = args.batch_size, args.negatives
+        starts = range(0, 20 * batch, batch)
+        item_steps = [
+            np.concatenate(
+                [synthetic_items[at : at + batch], rng.integers(0, num_items, batch * negatives)]
+            )
+            for at in starts
+        ]
+        report["row_adam"] = {
+            "user_table": bench_row_adam(
+                [synthetic_users[at : at + batch] for at in starts], num_users, args
+            ),
+            "item_table": bench_row_adam(item_steps, num_items, args),
+        }
+    report |= {
         "ttnn": bench_ttnn(args),
     }
     data_dir = Path(os.environ.get("CADC_DATA_DIR", REPO.parent / "shared" / "data"))
