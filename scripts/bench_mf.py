@@ -18,7 +18,6 @@ threads and versions. ``--rows 20000 --batches 3`` is a smoke run of a few secon
 from __future__ import annotations
 
 import argparse
-import functools
 import gzip
 import json
 import os
@@ -41,7 +40,6 @@ from cadc_ray.evaluation import KnownPositivesLike, evaluate_full_ranking
 from cadc_ray.models import MatrixFactorization, build_two_tower
 from cadc_ray.training import (
     FusedMFTrainer,
-    RowAdam,
     UniformNegativeSampler,
     make_mf_optimizers,
     make_optimizer,
@@ -76,11 +74,7 @@ def bench_mf(
     num_items: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Positives/s of dense vs fused MF, per alternation phase (epoch 0: users, 1: items).
-
-    With ``args.row_adam_ab`` also the fused step with each table's ``RowAdam`` update in
-    one piece (``fused_update_at_once``, the step before the update went by chunks).
-    """
+    """Positives/s of dense vs fused MF, per alternation phase (epoch 0: users, 1: items)."""
     user_ids, item_ids = torch.from_numpy(users), torch.from_numpy(items)
     sampler = UniformNegativeSampler(num_items)
     torch.manual_seed(0)
@@ -88,18 +82,12 @@ def bench_mf(
     optimizers = make_mf_optimizers(dense, args.lr, 0.0)
     torch.manual_seed(0)
     fused = FusedMFTrainer(MatrixFactorization(num_users, num_items, args.dim), args.lr)
-    trainers = {"fused": fused}
-    if args.row_adam_ab:
-        torch.manual_seed(0)
-        at_once = FusedMFTrainer(MatrixFactorization(num_users, num_items, args.dim), args.lr)
-        at_once.user.rows_per_chunk = at_once.item.rows_per_chunk = max(num_users, num_items)
-        trainers["fused_update_at_once"] = at_once
     positives = min(users.size, args.batches * args.batch_size)
     result: dict[str, Any] = {"rows": int(users.size), "users": num_users, "items": num_items}
     result["positives_per_measurement"] = positives
     for epoch, phase in ((0, "user"), (1, "item")):
-        seconds: dict[str, list[float]] = {"dense": [], **{name: [] for name in trainers}}
-        for repeat in range(args.repeats):  # interleaved: load changes hit all alike
+        seconds: dict[str, list[float]] = {"dense": [], "fused": []}
+        for repeat in range(args.repeats):  # interleaved: load changes hit both alike
             seed = 10 * epoch + repeat
 
             def dense_epoch(seed: int = seed, epoch: int = epoch) -> None:
@@ -113,9 +101,9 @@ def bench_mf(
                     epoch,
                 )
 
-            def fused_epoch(trainer: FusedMFTrainer, seed: int = seed, epoch: int = epoch) -> None:
+            def fused_epoch(seed: int = seed, epoch: int = epoch) -> None:
                 train_mf_epoch_fused(
-                    trainer,
+                    fused,
                     _batches(user_ids, item_ids, args.batch_size, args.batches, seed),
                     sampler,
                     args.negatives,
@@ -124,8 +112,7 @@ def bench_mf(
                 )
 
             seconds["dense"].append(_timed(dense_epoch))
-            for name, trainer in trainers.items():
-                seconds[name].append(_timed(functools.partial(fused_epoch, trainer)))
+            seconds["fused"].append(_timed(fused_epoch))
         best = {name: min(values) for name, values in seconds.items()}
         result[phase] = {
             "dense_positives_per_s": positives / best["dense"],
@@ -133,48 +120,7 @@ def bench_mf(
             "speedup": best["dense"] / best["fused"],
             "seconds": seconds,
         }
-        if args.row_adam_ab:
-            result[phase]["fused_update_at_once_positives_per_s"] = (
-                positives / best["fused_update_at_once"]
-            )
-            result[phase]["chunked_update_speedup"] = best["fused_update_at_once"] / best["fused"]
     return result
-
-
-def bench_row_adam(
-    step_ids: list[np.ndarray], num_rows: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    """``RowAdam.step`` alone, in chunks (the default ``rows_per_chunk``) and in one piece,
-    interleaved: step ``i`` updates the distinct rows of ``step_ids[i]`` in a (num_rows,
-    d+1) table, with random gradients. Milliseconds per step, best and median of
-    ``args.repeats`` runs over all the steps."""
-    generator = torch.Generator().manual_seed(0)
-    steps = [torch.unique(torch.from_numpy(ids)) for ids in step_ids]
-    gradients = [torch.randn(rows.numel(), args.dim + 1, generator=generator) for rows in steps]
-    optimizers = {
-        "chunks": RowAdam(torch.randn(num_rows, args.dim + 1, generator=generator), args.lr),
-        "at_once": RowAdam(torch.randn(num_rows, args.dim + 1, generator=generator), args.lr),
-    }
-    optimizers["at_once"].rows_per_chunk = num_rows
-    milliseconds: dict[str, list[float]] = {name: [] for name in optimizers}
-    for _ in range(args.repeats):
-        for name, optimizer in optimizers.items():
-
-            def run(optimizer: RowAdam = optimizer) -> None:
-                for rows, grads in zip(steps, gradients, strict=True):
-                    optimizer.step(rows, grads)
-
-            milliseconds[name].append(1e3 * _timed(run) / len(steps))
-    return {
-        "table_rows": num_rows,
-        "rows_per_chunk": optimizers["chunks"].rows_per_chunk,
-        "distinct_rows_per_step": float(np.mean([rows.numel() for rows in steps])),
-        **{
-            f"{name}_ms_per_step": {"best": min(values), "median": float(np.median(values))}
-            for name, values in milliseconds.items()
-        },
-        "milliseconds": milliseconds,
-    }
 
 
 TTNN_USERS, TTNN_ITEMS = 6000, 3700
@@ -330,11 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; best kept")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument(
-        "--row-adam-ab",
-        action="store_true",
-        help="also time the fused MF step with RowAdam's update in one piece, not in chunks",
-    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/bench_mf.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -354,25 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
         "mf_synthetic": bench_mf(synthetic_users, synthetic_items, num_users, num_items, args),
-    }
-    if args.row_adam_ab:
-        # The rows of 20 steps of each phase on the synthetic pairs: a batch's users; its
-        # items and their uniform negatives.
-        batch, negatives = args.batch_size, args.negatives
-        starts = range(0, 20 * batch, batch)
-        item_steps = [
-            np.concatenate(
-                [synthetic_items[at : at + batch], rng.integers(0, num_items, batch * negatives)]
-            )
-            for at in starts
-        ]
-        report["row_adam"] = {
-            "user_table": bench_row_adam(
-                [synthetic_users[at : at + batch] for at in starts], num_users, args
-            ),
-            "item_table": bench_row_adam(item_steps, num_items, args),
-        }
-    report |= {
         "ttnn": bench_ttnn(args),
     }
     data_dir = Path(os.environ.get("CADC_DATA_DIR", REPO.parent / "shared" / "data"))

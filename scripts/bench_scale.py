@@ -527,7 +527,6 @@ def dense_mf_measurement(
         batch_size=args.mf_batch_size,
         negatives=ExperimentConfig().pretrain.num_negatives,
         repeats=DENSE_MF_REPEATS,
-        row_adam_ab=False,
     )
     measured = bench_mf(users, items, num_users, num_items, settings)
     phases = [measured[phase] for phase in ("user", "item")]

@@ -128,28 +128,6 @@ def test_row_adam_matches_sparse_adam_over_steps() -> None:
     assert torch.equal(ours[3], start[3])  # never touched
 
 
-def test_row_adam_in_chunks_is_bit_identical_to_one_update() -> None:
-    """The update runs chunk by chunk for the cache's sake: the same operations per element,
-    one step count per step (not per chunk), so the very same table and moments."""
-    generator = torch.Generator().manual_seed(5)
-    start = torch.randn(40, 3, generator=generator)
-    whole, chunked = start.clone(), start.clone()
-    at_once = RowAdam(whole, lr=0.05, weight_decay=0.1, rows_per_chunk=1000)
-    by_chunks = RowAdam(chunked, lr=0.05, weight_decay=0.1, rows_per_chunk=3)
-    for _ in range(4):
-        rows = torch.randperm(40, generator=generator)[:17]  # distinct, unsorted; 6 chunks
-        grads = torch.randn(17, 3, generator=generator)
-        at_once.step(rows, grads)
-        by_chunks.step(rows, grads)
-    assert not torch.equal(whole, start)
-    assert torch.equal(chunked, whole)
-    assert by_chunks.step_count == at_once.step_count == 4
-    for name, value in at_once.state_dict().items():
-        assert torch.equal(torch.as_tensor(by_chunks.state_dict()[name]), torch.as_tensor(value))
-    with pytest.raises(ValueError, match="rows_per_chunk >= 1, got 0"):
-        RowAdam(torch.zeros(2, 2), lr=0.1, rows_per_chunk=0)
-
-
 def test_row_adam_weight_decay_is_l2_on_touched_rows() -> None:
     table = torch.ones(3, 2)
     RowAdam(table, lr=0.1, weight_decay=0.5).step(torch.tensor([1]), torch.zeros(1, 2))

@@ -181,9 +181,8 @@ class FusedMFTrainer:
             )
         self.model = model
         self.rows_per_chunk = rows_per_chunk
-        # The tables' updates in chunks of the same size, for the same reason (``RowAdam``).
-        self.user = RowAdam(model.user_table.weight, lr, betas, eps, weight_decay, rows_per_chunk)
-        self.item = RowAdam(model.item_table.weight, lr, betas, eps, weight_decay, rows_per_chunk)
+        self.user = RowAdam(model.user_table.weight, lr, betas, eps, weight_decay)
+        self.item = RowAdam(model.item_table.weight, lr, betas, eps, weight_decay)
         # The global bias as a one-row table: its only row is touched by every step.
         self.shared = RowAdam(model.global_bias, lr, betas, eps, weight_decay)
         self._bias_row = torch.zeros(1, dtype=torch.int64, device=model.global_bias.device)

@@ -108,13 +108,6 @@ class RowAdam:
     per table, as in ``torch.optim.SparseAdam``, so the first step equals dense Adam's on the
     touched rows and leaves the others as they are. ``weight_decay`` is Adam's L2 term
     (``grad += wd * row``), applied to the touched rows. Cost: O(R * row_size) per step.
-
-    The rows are updated ``rows_per_chunk`` at a time, so that a chunk's row, moments and
-    temporaries stay in the CPU's cache through the dozen element-wise passes of the update
-    instead of going to memory on each (the same operations per element, so the same
-    result). On the 2-core machine at 10^6 synthetic rows (about 6,700 distinct rows of
-    96 per step) the update took 2.6 ms in chunks of 1,024 rows against 5.2 ms at once
-    (docs/results.md, "RowAdam in chunks").
     """
 
     def __init__(
@@ -124,16 +117,12 @@ class RowAdam:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        rows_per_chunk: int = 1024,
     ):
         if lr <= 0 or eps <= 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(
                 f"RowAdam needs lr > 0, eps > 0, weight_decay >= 0 and betas in [0, 1), got "
                 f"lr={lr}, eps={eps}, weight_decay={weight_decay}, betas={betas}"
             )
-        if rows_per_chunk < 1:
-            raise ValueError(f"RowAdam needs rows_per_chunk >= 1, got {rows_per_chunk}")
-        self.rows_per_chunk = rows_per_chunk
         rows = table.shape[0] if table.ndim > 0 else 1
         self.table = table.data.view(rows, -1)  # shares storage with the parameter
         self.lr = lr
@@ -147,14 +136,8 @@ class RowAdam:
     @torch.no_grad()
     def step(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
         """rows (R,) distinct int64, grads (R, row_size): one Adam step on those rows."""
-        self.step_count += 1
-        for start in range(0, rows.numel(), self.rows_per_chunk):
-            end = start + self.rows_per_chunk
-            self._update_rows(rows[start:end], grads[start:end])
-
-    def _update_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
-        """The Adam update of this step (``step_count``) on distinct ``rows``."""
         beta1, beta2 = self.betas
+        self.step_count += 1
         # index_select / index_copy_: 3-4x faster on a CPU than ``t[rows]`` / ``t[rows] = x``.
         current = self.table.index_select(0, rows)  # (R, C)
         if self.weight_decay:
