@@ -17,9 +17,9 @@ from cadc_ray.training import (
 )
 from cadc_ray.training.fused_mf import (
     FusedMFTrainer,
-    all_gather_rows,
     bce_logit_grads,
     coalesce_rows,
+    exchange_row_gradients,
     mf_logits,
 )
 from cadc_ray.training.loops import train_mf_epoch_fused
@@ -153,8 +153,9 @@ def test_coalesce_rows_sums_duplicates(num_rows: int) -> None:
     )
     assert torch.equal(rows, torch.tensor([1, 4]))
     assert torch.equal(sums, torch.tensor([[2.0, 2.0], [4.5, 1.5]]))
-    same_rows, same_sums = all_gather_rows(rows, sums, num_rows)  # no process group
-    assert same_rows is rows and same_sums is sums
+    bias = torch.tensor([[0.25]])
+    [(same_rows, same_sums)], same_bias = exchange_row_gradients([((rows, sums), num_rows)], bias)
+    assert same_rows is rows and same_sums is sums and same_bias is bias  # no process group
 
 
 def _clustered_pairs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,6 +256,67 @@ def _two_rank_step(rank: int, store_path: str, out_path: str) -> None:
         torch.save(model.state_dict(), f"{out_path}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
+
+
+# An id whose low 32 bits are float32's quiet-NaN pattern and one above 2^32: the ids
+# travel as bytes, so neither may change on the way.
+NAN_PATTERN_ID, LARGE_ID = 0x7FC00000, 2**33 + 5
+
+
+def _two_rank_exchange(rank: int, store_path: str, out_path: str) -> None:
+    """``exchange_row_gradients`` of two tables and a bias on 2 gloo ranks; rank 1 sends
+    more user rows than rank 0 (padding) and no item row."""
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.FileStore(store_path, 2), rank=rank, world_size=2
+    )
+    try:
+        if rank == 0:
+            users = (torch.tensor([1, NAN_PATTERN_ID]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+            items = (torch.tensor([7]), torch.tensor([[10.0, 20.0]]))
+            bias = torch.tensor([[1.0]])
+        else:
+            users = (
+                torch.tensor([1, 2, LARGE_ID]),
+                torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]),
+            )
+            items = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, 2))
+            bias = torch.tensor([[3.0]])
+        # Refused on every rank before any collective, so no rank waits for the others.
+        refused = []
+        for sides, shared in (
+            ([], bias),
+            ([((users[0], users[1].double()), 2**34)], bias),
+            ([(users, 2**34)], torch.zeros(5)),  # more than C + 2 = 4 elements
+        ):
+            with pytest.raises(ValueError) as error:
+                exchange_row_gradients(sides, shared)
+            refused.append(str(error.value))
+        merged, mean_bias = exchange_row_gradients([(users, 2**34), (items, 9)], bias)
+        torch.save({"merged": merged, "bias": mean_bias, "refused": refused}, f"{out_path}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_exchange_row_gradients_in_one_buffer(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(
+        _two_rank_exchange, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2
+    )
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"out.{rank}", weights_only=True)
+        (user_rows, user_means), (item_rows, item_means) = out["merged"]
+        assert torch.equal(user_rows, torch.tensor([1, 2, NAN_PATTERN_ID, LARGE_ID]))
+        # Mean over the 2 ranks: row 1 is in both, the others in one.
+        expected_users = torch.tensor([[3.0, 4.0], [3.5, 4.0], [1.5, 2.0], [4.5, 5.0]])
+        assert torch.equal(user_means, expected_users)
+        assert torch.equal(item_rows, torch.tensor([7]))
+        assert torch.equal(item_means, torch.tensor([[5.0, 10.0]]))
+        assert torch.equal(out["bias"], torch.tensor([[2.0]]))
+        assert out["refused"] == [
+            "exchange_row_gradients needs at least one table's rows",
+            "exchange_row_gradients sends float32 gradients, got ['torch.float32', "
+            "'torch.float64']",
+            "the shared gradient has 5 elements, at most 4",
+        ]
 
 
 def test_two_ranks_all_gather_rows_like_one_process_on_the_whole_batch(tmp_path: Path) -> None:
