@@ -118,15 +118,21 @@ def test_sweep_shares_pretraining_and_resumes_after_an_interrupt(
     assert sorted(puts) == sorted(resumed.pretrained_ref_ids.values())
     records = {r["trial_id"]: r for r in resumed.records}
     assert [r["status"] for r in records.values()] == ["finished"] * 3
+    interrupted_after = marker.read_text()
     for trial_id, record in records.items():
         metrics = record["metrics"]
         key = metrics["pretrain_key"]
-        run = first if trial_id in finished_first else resumed
-        if trial_id in finished_first:
-            # Not re-run: the very same final result.
-            before = finished_first[trial_id]["metrics"]
-            assert metrics["trial_started_at"] == before["trial_started_at"]
+        before = finished_first[trial_id]["metrics"] if trial_id in finished_first else None
+        run_again = before is None or metrics["trial_started_at"] != before["trial_started_at"]
+        if trial_id == interrupted_after:
+            # Tune held it as TERMINATED when the signal came: it is not run again.
+            assert not run_again
+        if before is not None:
+            # Another trial can report its final result just before the signal while Tune
+            # still holds it as RUNNING; Tune then rightly runs it again on --resume (seen
+            # once in a full run, 2026-12-02). Run again or not: the very same result.
             assert metrics["test_hr@10"] == before["test_hr@10"]
+        run = resumed if run_again else first
         if record["config"].method == "cadc":
             # The trial read exactly the ref its driver put for its pretraining config.
             assert metrics["pretrained_ref"] == run.pretrained_ref_ids[key]
