@@ -287,6 +287,7 @@ def _two_rank_exchange(rank: int, store_path: str, out_path: str) -> None:
             ([], bias),
             ([((users[0], users[1].double()), 2**34)], bias),
             ([(users, 2**34)], torch.zeros(5)),  # more than C + 2 = 4 elements
+            ([(users, 2**34), ((items[0], torch.zeros(len(items[0]), 3)), 9)], bias),
         ):
             with pytest.raises(ValueError) as error:
                 exchange_row_gradients(sides, shared)
@@ -316,6 +317,7 @@ def test_two_ranks_exchange_row_gradients_in_one_buffer(tmp_path: Path) -> None:
             "exchange_row_gradients sends float32 gradients, got ['torch.float32', "
             "'torch.float64']",
             "the shared gradient has 5 elements, at most 4",
+            "the tables' gradient rows must have one width, got [2, 3]",
         ]
 
 

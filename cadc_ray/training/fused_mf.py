@@ -153,8 +153,8 @@ def exchange_row_gradients(
     for each other. On the 2-core machine the 2-rank step ran 34-35% faster (median of 9
     alternating measurements per phase), bit for bit the same (docs/results.md, "Fewer
     collectives"). Int32 because the bytes travel unchanged (a float buffer could hold NaN
-    bit patterns of ids). A no-op without
-    an initialized process group of more than one rank.
+    bit patterns of ids). A no-op without an initialized process group of more than one
+    rank; what cannot be sent is refused before any collective, on every rank alike.
     """
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return [row_sums for row_sums, _ in sides], shared
@@ -172,6 +172,9 @@ def exchange_row_gradients(
         raise ValueError(
             f"exchange_row_gradients sends float32 gradients, got {sorted(map(str, dtypes))}"
         )
+    widths = sorted({grads.shape[1] for (_, grads), _ in sides})
+    if len(widths) > 1:
+        raise ValueError(f"the tables' gradient rows must have one width, got {widths}")
     device = first_rows.device
     counts = torch.tensor([rows.numel() for (rows, _), _ in sides], device=device)
     gathered_counts = [torch.empty_like(counts) for _ in range(world)]
