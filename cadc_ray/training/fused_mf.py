@@ -258,10 +258,18 @@ class FusedMFTrainer:
         d = self.model.dim
         batch_items = torch.cat([items.unsqueeze(1), negatives], 1)  # (B, 1+K)
         num_logits = batch_items.numel()
-        step_users = phase in ("user", "both")
-        step_items = phase in ("item", "both")
-        user_grads = RowGradients(user_table.shape[0], users.numel(), user_table)
-        item_grads = RowGradients(item_table.shape[0], num_logits, item_table)
+        # Accumulators for the stepping tables only: a fixed table needs no gradient (and the
+        # dense path's table-sized buffer would be zeroed every step for nothing).
+        user_grads = (
+            RowGradients(user_table.shape[0], users.numel(), user_table)
+            if phase in ("user", "both")
+            else None
+        )
+        item_grads = (
+            RowGradients(item_table.shape[0], num_logits, item_table)
+            if phase in ("item", "both")
+            else None
+        )
         loss_sum = user_table.new_zeros(())
         bias_grad = user_table.new_zeros((1, 1))
         for start in range(0, users.numel(), self.rows_per_chunk):
@@ -278,20 +286,17 @@ class FusedMFTrainer:
             chunk_loss, grads = bce_logit_grads(logits, num_logits)  # (), (b, 1+K)
             loss_sum += chunk_loss
             bias_grad += grads.sum()
-            if step_users:
+            if user_grads is not None:
                 chunk_user_grads = torch.bmm(grads.unsqueeze(1), item_rows).squeeze(1)
                 chunk_user_grads[:, d] = grads.sum(1)  # dx/du = [v[:d], 1]
                 user_grads.add(chunk_users, chunk_user_grads)
-            if step_items:
+            if item_grads is not None:
                 chunk_item_grads = grads.unsqueeze(2) * user_with_one.unsqueeze(1)
                 item_grads.add(chunk_items.reshape(-1), chunk_item_grads.reshape(-1, d + 1))
         stepping = [
             (optimizer, gradients)
-            for optimizer, gradients, steps in (
-                (self.user, user_grads, step_users),
-                (self.item, item_grads, step_items),
-            )
-            if steps
+            for optimizer, gradients in ((self.user, user_grads), (self.item, item_grads))
+            if gradients is not None
         ]
         merged, bias_grad = exchange_row_gradients(
             [(gradients.coalesced(), gradients.num_rows) for _, gradients in stepping], bias_grad
