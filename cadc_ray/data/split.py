@@ -43,7 +43,13 @@ import pyarrow.parquet as pq
 from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
 from cadc_ray.data.known import KNOWN_DIR, write_known_index
-from cadc_ray.data.layout import INTERACTION_SCHEMA, SUCCESS_MARKER, Manifest, interactions_dir
+from cadc_ray.data.layout import (
+    INTERACTION_SCHEMA,
+    SUCCESS_MARKER,
+    Manifest,
+    interactions_dir,
+    shard_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +261,7 @@ def _split_with_ray(
     pending = [
         split_range.remote(
             str(by_range / f"{RANGE_COLUMN}={k}"),
-            str(temp / "train" / f"part-{k:05d}.parquet"),
+            str(temp / "train" / shard_name(k)),
             num_items,
         )
         for k in range(ranges)
@@ -327,7 +333,7 @@ def materialize_split(
             ranges, by_range_seconds = 1, 0.0
             result = _split_range_folder(
                 str(interactions_dir(prepared)),
-                str(temp_paths.train_dir / f"part-{0:05d}.parquet"),
+                str(temp_paths.train_dir / shard_name(0)),
                 num_items,
             )
             write_known_index(
