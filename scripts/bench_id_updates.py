@@ -38,7 +38,7 @@ from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
 from cadc_ray.models import build_two_tower
 from cadc_ray.training.loops import train_two_tower_epoch
-from cadc_ray.training.optim import sparse_id_tables, two_tower_optimizers
+from cadc_ray.training.optim import Optimizer, sparse_id_tables, two_tower_optimizers
 from cadc_ray.training.samplers import UniformNegativeSampler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     model_config = ModelConfig(use_features=False)
 
-    def fresh(mode: str) -> tuple[torch.nn.Module, list[torch.optim.Optimizer], list[str]]:
+    def fresh(mode: str) -> tuple[torch.nn.Module, list[Optimizer], list[str]]:
         torch.manual_seed(0)
         model = build_two_tower(
             model_config, args.num_users, args.num_items, None, None, None, "none"

@@ -40,8 +40,9 @@ from cadc_ray.evaluation import KnownPositivesLike, evaluate_full_ranking
 from cadc_ray.models import MatrixFactorization, build_two_tower
 from cadc_ray.training import (
     FusedMFTrainer,
+    MFOptimizers,
+    Optimizer,
     UniformNegativeSampler,
-    make_mf_optimizers,
     make_optimizer,
     train_mf_epoch,
     train_mf_epoch_fused,
@@ -79,7 +80,12 @@ def bench_mf(
     sampler = UniformNegativeSampler(num_items)
     torch.manual_seed(0)
     dense = MatrixFactorization(num_users, num_items, args.dim)
-    optimizers = make_mf_optimizers(dense, args.lr, 0.0)
+    # The plain torch loop: torch.optim.Adam per side, as a user's own loop would have it
+    # (the product's DenseAdam does the same update without torch.optim's import).
+    sides = dense.side_parameters()
+    optimizers = MFOptimizers(
+        *(torch.optim.Adam(sides[side], lr=args.lr) for side in ("user", "item", "shared"))
+    )
     torch.manual_seed(0)
     fused = FusedMFTrainer(MatrixFactorization(num_users, num_items, args.dim), args.lr)
     positives = min(users.size, args.batches * args.batch_size)
@@ -154,7 +160,7 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
     num_users, num_items, rows = TTNN_USERS, TTNN_ITEMS, args.batches * args.ttnn_batch_size
     users, items, user_features, item_features = zipf_two_tower_data(rows)
     result: dict[str, Any] = {"batch_size": args.ttnn_batch_size, "rows": rows}
-    variants: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
+    variants: dict[str, tuple[torch.nn.Module, Optimizer]] = {}
     for dedup in (True, False):
         for forward in ("old", "new"):
             torch.manual_seed(0)
@@ -177,7 +183,7 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
 
             def epoch(
                 model: torch.nn.Module = variant,
-                optimizer: torch.optim.Optimizer = optimizer,
+                optimizer: Optimizer = optimizer,
                 repeat: int = repeat,
             ) -> None:
                 train_two_tower_epoch(

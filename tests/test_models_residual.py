@@ -165,7 +165,7 @@ def test_teacher_tables_are_frozen_buffers_stored_and_counted_once() -> None:
         count_parameters(init_frz)[1],
     )
     optimizer = make_optimizer(model, 1e-3, 0.0)
-    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    optimized = {id(p) for p in optimizer.params}
     assert id(model.teacher.offset) in optimized
     assert all(id(buffer) not in optimized for buffer in buffers.values())
     # A device / dtype move converts the shared table once: still one tensor afterwards.

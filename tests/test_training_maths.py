@@ -18,6 +18,7 @@ from cadc_ray.models import (
     count_parameters,
 )
 from cadc_ray.training import (
+    DenseAdam,
     EarlyStopping,
     PopularityNegativeSampler,
     UniformNegativeSampler,
@@ -122,16 +123,21 @@ def test_mf_fixed_side_does_not_move_nor_its_adam_state() -> None:
     train_mf_epoch(
         model, _batches(), optimizers, sampler, 2, generator, epoch=0, alternation="epoch"
     )
+    assert isinstance(optimizers.user, DenseAdam) and isinstance(optimizers.item, DenseAdam)
+    assert isinstance(optimizers.shared, DenseAdam)
     assert torch.equal(model.item_table.weight, items_before)
-    assert optimizers.item.state == {}
+    assert optimizers.item.steps == [0] and optimizers.item.exp_avg == [None]
     assert not torch.equal(model.user_table.weight, users_before)
-    assert optimizers.shared is not None and len(optimizers.shared.state) == 1  # global bias
-    user_state = optimizers.user.state[model.user_table.weight]
-    user_moment = user_state["exp_avg"].clone()
+    assert optimizers.shared.steps == [2]  # the global bias steps with every batch
+    user_moment = optimizers.user.exp_avg[0]
+    assert user_moment is not None and optimizers.user.steps == [2]
+    user_moment = user_moment.clone()
     train_mf_epoch(
         model, _batches(), optimizers, sampler, 2, generator, epoch=1, alternation="epoch"
     )
-    assert torch.equal(optimizers.user.state[model.user_table.weight]["exp_avg"], user_moment)
+    assert optimizers.user.exp_avg[0] is not None
+    assert torch.equal(optimizers.user.exp_avg[0], user_moment)
+    assert optimizers.user.steps == [2] and optimizers.item.steps == [2]
     assert not torch.equal(model.item_table.weight, items_before)
 
 
@@ -159,10 +165,10 @@ def test_init_frz_tables_are_bit_identical_after_training_and_hold_no_optimizer_
     user_table = dict(model.named_buffers())["user_tower.id_embedding.frozen_weight"]
     before = user_table.clone()
     optimizer = make_optimizer(model, lr=0.1, weight_decay=0.1)
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    held = {id(p) for p in optimizer.params}
     assert id(user_table) not in held
     trainable, _ = count_parameters(model)
-    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == trainable
+    assert sum(p.numel() for p in optimizer.params) == trainable
     mlp_before = next(model.user_tower.mlp.parameters()).detach().clone()
     loss = train_two_tower_epoch(
         model,
@@ -176,7 +182,7 @@ def test_init_frz_tables_are_bit_identical_after_training_and_hold_no_optimizer_
     assert torch.equal(user_table, before)
     assert user_table.grad is None
     assert not torch.equal(next(model.user_tower.mlp.parameters()), mlp_before)
-    assert all(id(tensor) != id(user_table) for tensor in optimizer.state)
+    assert all(id(p) != id(user_table) for p in optimizer.params)
 
 
 def test_make_optimizer_refuses_a_model_without_trainable_parameters() -> None:
@@ -233,7 +239,7 @@ def test_every_technique_trains_and_keeps_its_frozen_table(technique: str) -> No
     )
     optimizer = make_optimizer(model, lr=0.05, weight_decay=0.0)
     trainable, frozen = count_parameters(model)
-    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == trainable
+    assert sum(p.numel() for p in optimizer.params) == trainable
     assert frozen == (0 if technique in ("init", "none") else (4 + 5) * 6)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     loss = train_two_tower_epoch(

@@ -15,7 +15,13 @@ from cadc_ray.training.loops import (
     train_two_tower_epoch,
 )
 from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
-from cadc_ray.training.optim import RowAdam, make_optimizer, trainable_parameters
+from cadc_ray.training.optim import (
+    DenseAdam,
+    Optimizer,
+    RowAdam,
+    make_optimizer,
+    trainable_parameters,
+)
 from cadc_ray.training.samplers import (
     NegativeSampler,
     PopularityNegativeSampler,
@@ -24,10 +30,12 @@ from cadc_ray.training.samplers import (
 )
 
 __all__ = [
+    "DenseAdam",
     "EarlyStopping",
     "FusedMFTrainer",
     "MFOptimizers",
     "NegativeSampler",
+    "Optimizer",
     "Phase",
     "PopularityNegativeSampler",
     "RowAdam",

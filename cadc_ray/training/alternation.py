@@ -16,6 +16,7 @@ import torch
 
 from cadc_ray.config import AlternationName
 from cadc_ray.models.mf import FactorTables, MFSide
+from cadc_ray.training.optim import DenseAdam, Optimizer
 
 Phase = Literal["user", "item", "both"]
 
@@ -39,16 +40,17 @@ def alternation_phase(schedule: AlternationName, epoch: int, batch_index: int) -
 
 @dataclass
 class MFOptimizers:
-    """One Adam per side (``user``, ``item``, ``shared``)."""
+    """One Adam per side (``user``, ``item``, ``shared``): ``DenseAdam`` (``make_mf_optimizers``)
+    or any ``Optimizer``."""
 
-    user: torch.optim.Optimizer
-    item: torch.optim.Optimizer
-    shared: torch.optim.Optimizer | None  # None when the model has no shared parameters
+    user: Optimizer
+    item: Optimizer
+    shared: Optimizer | None  # None when the model has no shared parameters
 
-    def all(self) -> list[torch.optim.Optimizer]:
+    def all(self) -> list[Optimizer]:
         return [opt for opt in (self.user, self.item, self.shared) if opt is not None]
 
-    def active(self, phase: Phase) -> list[torch.optim.Optimizer]:
+    def active(self, phase: Phase) -> list[Optimizer]:
         """The optimizers that step in ``phase`` (shared always does)."""
         sides = {"user": [self.user], "item": [self.item], "both": [self.user, self.item]}[phase]
         return sides + ([self.shared] if self.shared is not None else [])
@@ -60,8 +62,8 @@ class MFOptimizers:
         for name, opt in self._named().items():
             opt.load_state_dict(state[name])  # type: ignore[arg-type]
 
-    def _named(self) -> dict[MFSide, torch.optim.Optimizer]:
-        named: dict[MFSide, torch.optim.Optimizer] = {"user": self.user, "item": self.item}
+    def _named(self) -> dict[MFSide, Optimizer]:
+        named: dict[MFSide, Optimizer] = {"user": self.user, "item": self.item}
         if self.shared is not None:
             named["shared"] = self.shared
         return named
@@ -71,8 +73,8 @@ def make_mf_optimizers(model: FactorTables, lr: float, weight_decay: float) -> M
     """Adam per side of an (unwrapped) MF / CADC-MLP model."""
     sides = model.side_parameters()
 
-    def adam(parameters: list[torch.Tensor]) -> torch.optim.Adam:
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    def adam(parameters: list[torch.Tensor]) -> DenseAdam:
+        return DenseAdam(parameters, lr=lr, weight_decay=weight_decay)
 
     return MFOptimizers(
         user=adam(sides["user"]),

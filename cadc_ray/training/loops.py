@@ -22,6 +22,7 @@ from cadc_ray.config import AlternationName
 from cadc_ray.training.alternation import MFOptimizers, alternation_phase
 from cadc_ray.training.fused_mf import FusedMFTrainer
 from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
+from cadc_ray.training.optim import Optimizer
 from cadc_ray.training.samplers import NegativeSampler
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ def _id_batches(batches: Iterable[Batch]) -> Iterator[tuple[int, torch.Tensor, t
 def _train_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
-    optimizers_for_batch: Callable[[int], list[torch.optim.Optimizer]],
-    all_optimizers: list[torch.optim.Optimizer],
+    optimizers_for_batch: Callable[[int], list[Optimizer]],
+    all_optimizers: list[Optimizer],
     sampler: NegativeSampler,
     num_negatives: int,
     generator: torch.Generator,
@@ -149,7 +150,7 @@ def _epoch_mean_loss(total_loss: torch.Tensor | None, total_rows: int) -> float:
 def train_two_tower_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
-    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    optimizer: Optimizer | Sequence[Optimizer],
     sampler: NegativeSampler,
     num_negatives: int,
     generator: torch.Generator,
@@ -158,10 +159,10 @@ def train_two_tower_epoch(
     """One epoch of the TTNN (or any ``model(users, items) -> logits``) with BCE.
 
     ``optimizer``: one, or several that all step every batch (``optim.two_tower_optimizers``:
-    Adam and SparseAdam). ``log_q`` (num_items,) enables the LogQ baseline. Returns the
+    DenseAdam and SparseAdam). ``log_q`` (num_items,) enables the LogQ baseline. Returns the
     mean loss.
     """
-    optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+    optimizers = list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
     return _train_epoch(
         model, batches, lambda _: optimizers, optimizers, sampler, num_negatives, generator, log_q
     )

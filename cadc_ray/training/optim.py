@@ -1,28 +1,43 @@
 """Optimizers over trainable parameters only (frozen tables never get Adam state).
 
-``RowAdam`` is Adam for id tables updated row-sparsely (the fused MF step).
-``two_tower_optimizers`` gives the TTNN Adam, plus ``torch.optim.SparseAdam`` (lazy Adam)
-for the large trainable id tables chosen by ``sparse_id_tables``: dense Adam reads and
-writes every row of every table at every step, whatever the batch touched.
+``DenseAdam`` is ``torch.optim.Adam``'s CPU update in plain tensor ops (no ``torch.optim``:
+see its docstring). ``RowAdam`` is Adam for id tables updated row-sparsely (the fused MF
+step). ``two_tower_optimizers`` gives the TTNN ``DenseAdam``, plus ``torch.optim.SparseAdam``
+(lazy Adam) for the large trainable id tables chosen by ``sparse_id_tables``: dense Adam
+reads and writes every row of every table at every step, whatever the batch touched.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
+
+
+class Optimizer(Protocol):
+    """What the training loops and checkpoints use of an optimizer: ``DenseAdam`` and
+    ``torch.optim`` optimizers alike."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> DenseAdam:
     """Adam over the parameters with ``requires_grad`` (frozen buffers are not parameters):
-    ``two_tower_optimizers`` with no row-sparse table."""
-    return two_tower_optimizers(model, lr, weight_decay, {})["adam"]
+    ``two_tower_optimizers`` with no row-sparse table, whose ``adam`` is a ``DenseAdam``."""
+    return cast(DenseAdam, two_tower_optimizers(model, lr, weight_decay, {})["adam"])
 
 
 SPARSE_UPDATE_ROWS = 10_000
@@ -74,9 +89,10 @@ def sparse_id_tables(
 
 def two_tower_optimizers(
     model: nn.Module, lr: float, weight_decay: float, sparse_tables: dict[str, nn.Embedding]
-) -> dict[str, torch.optim.Optimizer]:
-    """``adam`` over every other trainable parameter and, when ``sparse_tables`` is not
-    empty, ``sparse_adam`` (``torch.optim.SparseAdam``, same lr and betas) over those tables.
+) -> dict[str, Optimizer]:
+    """``adam`` (a ``DenseAdam``) over every other trainable parameter and, when
+    ``sparse_tables`` is not empty, ``sparse_adam`` (``torch.optim.SparseAdam``, same lr and
+    betas) over those tables.
 
     The tables are switched to sparse gradients (``nn.Embedding.sparse``): a step then
     reads and writes the rows its batch looked up, and their Adam moments, and no other.
@@ -90,13 +106,128 @@ def two_tower_optimizers(
     dense = [p for p in trainable_parameters(model) if id(p) not in sparse_weights]
     if not dense and not sparse_tables:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize")
-    optimizers: dict[str, torch.optim.Optimizer] = {}
+    optimizers: dict[str, Optimizer] = {}
     if dense:
-        optimizers["adam"] = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        optimizers["adam"] = DenseAdam(dense, lr=lr, weight_decay=weight_decay)
     if sparse_tables:
         weights = [table.weight for table in sparse_tables.values()]
         optimizers["sparse_adam"] = torch.optim.SparseAdam(weights, lr=lr)
     return optimizers
+
+
+class DenseAdam:
+    """Adam over whole tensors: ``torch.optim.Adam``'s default CPU update, bit for bit.
+
+    Why not ``torch.optim.Adam`` itself: a process's first ``torch.optim`` optimizer imports
+    ``torch._dynamo`` (its methods are wrapped in ``torch._disable_dynamo``), 1.1-1.4 s on
+    a 2-core machine: most of a MovieLens TTNN stage's fixed cost, paid again by every
+    Train worker and Tune trial process (docs/results.md, "The TTNN's optimizer without
+    torch.optim"). The update is ``torch.optim.Adam``'s single-tensor one (its default on a
+    CPU; on CUDA torch defaults to ``foreach``, the same formula), op for op, so the
+    numbers are those of ``torch.optim.Adam(params, lr, betas, eps, weight_decay)``:
+    L2 weight decay added to the gradient, a step count per tensor, moments created at a
+    tensor's first gradient, tensors without a gradient skipped (tested bit for bit
+    against torch). Dense gradients only; no AMSGrad, no closure.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("DenseAdam got no parameters to optimize")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("DenseAdam got a parameter more than once")
+        # torch.optim.Adam's bounds (lr 0 is allowed: a run that must not move its weights).
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(
+                f"DenseAdam needs lr >= 0, eps >= 0, weight_decay >= 0 and betas in [0, 1), "
+                f"got lr={lr}, eps={eps}, weight_decay={weight_decay}, betas={betas}"
+            )
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.steps = [0] * len(self.params)
+        self.exp_avg: list[torch.Tensor | None] = [None] * len(self.params)
+        self.exp_avg_sq: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.params:
+            if param.grad is None:
+                continue
+            if set_to_none:
+                param.grad = None
+            else:
+                param.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for index, param in enumerate(self.params):
+            grad = param.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise ValueError(
+                    f"DenseAdam got a sparse gradient for parameter {index} of shape "
+                    f"{tuple(param.shape)}; row-sparse tables belong to SparseAdam or RowAdam"
+                )
+            exp_avg, exp_avg_sq = self.exp_avg[index], self.exp_avg_sq[index]
+            if exp_avg is None or exp_avg_sq is None:
+                exp_avg = self.exp_avg[index] = torch.zeros_like(param)
+                exp_avg_sq = self.exp_avg_sq[index] = torch.zeros_like(param)
+            self.steps[index] += 1
+            # torch keeps the count in a float tensor and reads it back as a float.
+            step = float(self.steps[index])
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        def copies(moments: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            return [None if moment is None else moment.clone() for moment in moments]
+
+        return {
+            "steps": list(self.steps),
+            "exp_avg": copies(self.exp_avg),
+            "exp_avg_sq": copies(self.exp_avg_sq),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        missing = {"steps", "exp_avg", "exp_avg_sq"} - set(state_dict)
+        if missing:
+            raise KeyError(f"DenseAdam state lacks {sorted(missing)} (has {sorted(state_dict)})")
+        for name in ("steps", "exp_avg", "exp_avg_sq"):
+            if len(state_dict[name]) != len(self.params):
+                raise ValueError(
+                    f"DenseAdam state {name} has {len(state_dict[name])} entries, this "
+                    f"optimizer {len(self.params)} parameters"
+                )
+        for index, param in enumerate(self.params):
+            for name in ("exp_avg", "exp_avg_sq"):
+                moment = state_dict[name][index]
+                if moment is not None and tuple(moment.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"DenseAdam state {name}[{index}] has shape {tuple(moment.shape)}, "
+                        f"the parameter {tuple(param.shape)}"
+                    )
+        self.steps = [int(step) for step in state_dict["steps"]]
+        for name, moments in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            for index, param in enumerate(self.params):
+                moment = state_dict[name][index]
+                moments[index] = None if moment is None else moment.to(param).clone()
 
 
 class RowAdam:
