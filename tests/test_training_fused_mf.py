@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cadc_ray.adam import RowAdam
 from cadc_ray.models import MatrixFactorization
 from cadc_ray.training import (
     UniformNegativeSampler,
@@ -23,7 +24,6 @@ from cadc_ray.training.fused_mf import (
     mf_logits,
 )
 from cadc_ray.training.loops import train_mf_epoch_fused
-from cadc_ray.training.optim import RowAdam
 
 NUM_USERS, NUM_ITEMS, DIM = 7, 9, 3
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cadc_ray.adam import DenseAdam
 from cadc_ray.config import IdTableConfig, IdTableKind, IdTablesConfig, IntegrationName
 from cadc_ray.models.embeddings import (
     FROZEN_TABLE_BUFFER,
@@ -465,7 +466,7 @@ def robe_array_size(tables: IdTablesConfig, num_ids: Mapping[str, int], embeddin
 def fit_to_rows(
     fits: Sequence[tuple[nn.Module, torch.Tensor]], steps: int, learning_rate: float = 0.01
 ) -> list[float]:
-    """``init`` for compressed tables: Adam on the sum over ``(module, target)`` pairs of
+    """``init`` for compressed tables: Adam (``adam.DenseAdam``) on the sum over ``(module, target)`` pairs of
     ``mean ||module(ids) - target[ids]||^2`` over all ids, ``steps`` full passes; returns
     each pair's final mean squared error.
 
@@ -480,7 +481,7 @@ def fit_to_rows(
 
     parameters = list({id(p): p for module, _ in pairs for p in module.parameters()}.values())
     if parameters and steps > 0:
-        optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+        optimizer = DenseAdam(parameters, lr=learning_rate)
         for _ in range(steps):
             optimizer.zero_grad()
             torch.stack(errors()).sum().backward()

@@ -1,5 +1,6 @@
 """Training maths: losses, negative samplers, plain-torch epoch loops, early stopping."""
 
+from cadc_ray.adam import DenseAdam, RowAdam
 from cadc_ray.training.alternation import (
     MFOptimizers,
     Phase,
@@ -15,13 +16,7 @@ from cadc_ray.training.loops import (
     train_two_tower_epoch,
 )
 from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
-from cadc_ray.training.optim import (
-    DenseAdam,
-    Optimizer,
-    RowAdam,
-    make_optimizer,
-    trainable_parameters,
-)
+from cadc_ray.training.optim import Optimizer, make_optimizer, trainable_parameters
 from cadc_ray.training.samplers import (
     NegativeSampler,
     PopularityNegativeSampler,

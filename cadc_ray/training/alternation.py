@@ -14,9 +14,10 @@ from typing import Literal
 
 import torch
 
+from cadc_ray.adam import DenseAdam
 from cadc_ray.config import AlternationName
 from cadc_ray.models.mf import FactorTables, MFSide
-from cadc_ray.training.optim import DenseAdam, Optimizer
+from cadc_ray.training.optim import Optimizer
 
 Phase = Literal["user", "item", "both"]
 

@@ -12,7 +12,7 @@ batch never saw), so one epoch costs ``num_batches * table_size``. This step ins
 3. sums the row gradients per distinct row (``torch.unique`` + ``index_add_``) and, in a
    distributed run, all-gathers those rows from every rank, with the global bias's gradient
    in the same buffer (``exchange_row_gradients``; never a dense all-reduce);
-4. applies Adam to the touched rows only (``optim.RowAdam``: lazy Adam, as
+4. applies Adam to the touched rows only (``adam.RowAdam``: lazy Adam, as
    ``torch.optim.SparseAdam``), and dense Adam to the global bias.
 
 Only the side that steps in the current alternation phase gets its gradient computed: a
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from cadc_ray.adam import RowAdam
 from cadc_ray.models.mf import MatrixFactorization
 from cadc_ray.training.alternation import Phase
-from cadc_ray.training.optim import RowAdam
 
 
 def factors_and_one(user_rows: torch.Tensor) -> torch.Tensor:
