@@ -466,9 +466,9 @@ def robe_array_size(tables: IdTablesConfig, num_ids: Mapping[str, int], embeddin
 def fit_to_rows(
     fits: Sequence[tuple[nn.Module, torch.Tensor]], steps: int, learning_rate: float = 0.01
 ) -> list[float]:
-    """``init`` for compressed tables: Adam (``adam.DenseAdam``) on the sum over ``(module, target)`` pairs of
-    ``mean ||module(ids) - target[ids]||^2`` over all ids, ``steps`` full passes; returns
-    each pair's final mean squared error.
+    """``init`` for compressed tables: Adam (``adam.DenseAdam``) on the sum over
+    ``(module, target)`` pairs of ``mean ||module(ids) - target[ids]||^2`` over all ids,
+    ``steps`` full passes; returns each pair's final mean squared error.
 
     target: (num_ids, D) pretrained rows. The pairs are fitted together because ROBE tables
     share one array: fitted one after the other, the second would undo the first. Tables
