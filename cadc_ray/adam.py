@@ -108,6 +108,10 @@ class DenseAdam:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads ``state_dict()``'s output, or ``torch.optim.Adam``'s over the same parameters
+        in the same order (a checkpoint written before ``DenseAdam``), checked first."""
+        if set(state_dict) == {"state", "param_groups"}:
+            state_dict = _from_torch_adam(state_dict, len(self.params))
         missing = {"steps", "exp_avg", "exp_avg_sq"} - set(state_dict)
         if missing:
             raise KeyError(f"DenseAdam state lacks {sorted(missing)} (has {sorted(state_dict)})")
@@ -130,6 +134,25 @@ class DenseAdam:
             for index, param in enumerate(self.params):
                 moment = state_dict[name][index]
                 moments[index] = None if moment is None else moment.to(param).clone()
+
+
+def _from_torch_adam(state_dict: dict[str, Any], num_params: int) -> dict[str, Any]:
+    """``torch.optim.Adam``'s state dict (one group, no AMSGrad) as ``DenseAdam``'s."""
+    groups = state_dict["param_groups"]
+    indices = [index for group in groups for index in group["params"]]
+    if len(groups) != 1 or indices != list(range(num_params)):
+        raise ValueError(
+            f"a torch.optim.Adam state loads into DenseAdam with one group over the same "
+            f"{num_params} parameters, got {len(groups)} groups over parameters {indices}"
+        )
+    if groups[0].get("amsgrad"):
+        raise ValueError("a torch.optim.Adam state with amsgrad does not load into DenseAdam")
+    per_param = [state_dict["state"].get(index, {}) for index in indices]
+    return {
+        "steps": [int(state["step"]) if state else 0 for state in per_param],
+        "exp_avg": [state.get("exp_avg") for state in per_param],
+        "exp_avg_sq": [state.get("exp_avg_sq") for state in per_param],
+    }
 
 
 class RowAdam:

@@ -81,6 +81,26 @@ def test_dense_adam_resumes_from_its_state_dict_as_if_never_stopped() -> None:
     assert after.steps == optimizer.steps == [5, 4, 5]
 
 
+def test_dense_adam_resumes_a_torch_adam_checkpoint_bit_for_bit() -> None:
+    """A checkpoint written with torch.optim.Adam (before DenseAdam) resumes as if never
+    stopped; one that does not match the parameters is refused before anything changes."""
+    uninterrupted = _parameters()
+    _train(torch.optim.Adam(uninterrupted, lr=0.01), uninterrupted, range(5))
+    first = _parameters()
+    torch_adam = torch.optim.Adam(first, lr=0.01)
+    _train(torch_adam, first, range(3))
+    saved = torch_adam.state_dict()
+    resumed = DenseAdam(first, lr=0.01)
+    resumed.load_state_dict(saved)
+    assert resumed.steps == [3, 2, 3]
+    _train(resumed, first, range(3, 5))
+    assert all(torch.equal(p, q) for p, q in zip(first, uninterrupted, strict=True))
+    fewer = DenseAdam(first[:2], lr=0.01)
+    with pytest.raises(ValueError, match=r"same 2 parameters, got 1 groups over parameters"):
+        fewer.load_state_dict(saved)
+    assert fewer.steps == [0, 0]
+
+
 def _replayed(steps: int) -> list[torch.Tensor]:
     """The parameters after ``steps`` steps, replayed from the start."""
     parameters = _parameters()
