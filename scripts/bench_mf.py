@@ -40,9 +40,9 @@ from cadc_ray.evaluation import KnownPositivesLike, evaluate_full_ranking
 from cadc_ray.models import MatrixFactorization, build_two_tower
 from cadc_ray.training import (
     FusedMFTrainer,
-    MFOptimizers,
     Optimizer,
     UniformNegativeSampler,
+    make_mf_optimizers,
     make_optimizer,
     train_mf_epoch,
     train_mf_epoch_fused,
@@ -82,10 +82,7 @@ def bench_mf(
     dense = MatrixFactorization(num_users, num_items, args.dim)
     # The plain torch loop: torch.optim.Adam per side, as a user's own loop would have it
     # (the product's DenseAdam does the same update without torch.optim's import).
-    sides = dense.side_parameters()
-    optimizers = MFOptimizers(
-        *(torch.optim.Adam(sides[side], lr=args.lr) for side in ("user", "item", "shared"))
-    )
+    optimizers = make_mf_optimizers(dense, args.lr, 0.0, adam_class=torch.optim.Adam)
     torch.manual_seed(0)
     fused = FusedMFTrainer(MatrixFactorization(num_users, num_items, args.dim), args.lr)
     positives = min(users.size, args.batches * args.batch_size)

@@ -9,6 +9,7 @@ with their own Adam (freezing them half the time would only slow them down).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,12 +71,19 @@ class MFOptimizers:
         return named
 
 
-def make_mf_optimizers(model: FactorTables, lr: float, weight_decay: float) -> MFOptimizers:
-    """Adam per side of an (unwrapped) MF / CADC-MLP model."""
+def make_mf_optimizers(
+    model: FactorTables,
+    lr: float,
+    weight_decay: float,
+    adam_class: Callable[..., Optimizer] = DenseAdam,
+) -> MFOptimizers:
+    """Adam per side of an (unwrapped) MF / CADC-MLP model: ``adam_class(parameters, lr=,
+    weight_decay=)``, ``DenseAdam`` (the benchmarks pass ``torch.optim.Adam`` for the plain
+    torch loop)."""
     sides = model.side_parameters()
 
-    def adam(parameters: list[torch.Tensor]) -> DenseAdam:
-        return DenseAdam(parameters, lr=lr, weight_decay=weight_decay)
+    def adam(parameters: list[torch.Tensor]) -> Optimizer:
+        return adam_class(parameters, lr=lr, weight_decay=weight_decay)
 
     return MFOptimizers(
         user=adam(sides["user"]),
