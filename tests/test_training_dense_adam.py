@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cadc_ray.adam import DenseAdam
+from cadc_ray.training.optim import Optimizer
 
 
 def _parameters() -> list[torch.Tensor]:
@@ -28,12 +29,12 @@ def _gradients(step: int, parameters: list[torch.Tensor]) -> list[torch.Tensor |
     ]
 
 
-def _train(optimizer: object, parameters: list[torch.Tensor], steps: range) -> None:
+def _train(optimizer: Optimizer, parameters: list[torch.Tensor], steps: range) -> None:
     for step in steps:
         for parameter, gradient in zip(parameters, _gradients(step, parameters), strict=True):
             parameter.grad = gradient
-        optimizer.step()  # type: ignore[attr-defined]
-        optimizer.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 @pytest.mark.parametrize(
