@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from cadc_ray.arrow_pool import system_arrow_pool
 from cadc_ray.atomic import atomic_directory
 from cadc_ray.config import (
     ConfigError,
@@ -214,7 +215,7 @@ def prepare_dataset(config: DataConfig, output_root: Path | str, *, force: bool 
             f"use --force to replace it or choose another data.prepared_dir"
         )
     # force and an existing target: swapped in, then the old copy removed
-    with atomic_directory(target, replace_existing=True) as temp:
+    with system_arrow_pool(), atomic_directory(target, replace_existing=True) as temp:
         manifest = _build(config, temp, checksums, input_path)
     logger.info(
         "prepared %s: %d interactions, %d users, %d items, %d shards -> %s",

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cadc_ray.arrow_pool import system_arrow_pool
 from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
 from cadc_ray.data.layout import (
@@ -146,7 +147,7 @@ def materialize_sample(
     if engine == "auto":
         engine = auto_sample_engine(split)
     started = time.perf_counter()
-    with atomic_directory(target) as temp:
+    with system_arrow_pool(), atomic_directory(target) as temp:
         if engine == "local":
             pq.write_table(sample_table(split, filter_ratio, seed), temp / shard_name(0))
         else:

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cadc_ray.arrow_pool import system_arrow_pool
 from cadc_ray.atomic import atomic_directory
 from cadc_ray.data.errors import DataError
 from cadc_ray.data.known import KNOWN_DIR, write_known_index
@@ -189,13 +190,14 @@ def split_user_range(table: pa.Table, num_items: int) -> tuple[pa.Table, RangeSp
 def _split_range_folder(folder: str, train_path: str, num_items: int) -> RangeSplit:
     """Ray task body: range ``folder`` (pass 1's files) -> its D_full shard at ``train_path``."""
     columns = INTERACTION_SCHEMA.names
-    if Path(folder).is_dir():
-        table = pq.read_table(folder, columns=columns, partitioning=None)
-    else:  # no user of this range has a row
-        table = INTERACTION_SCHEMA.empty_table()
-    train, known = split_user_range(table.cast(INTERACTION_SCHEMA), num_items)
-    if train.num_rows:
-        pq.write_table(train, train_path)
+    with system_arrow_pool():  # a Ray task's first split pays mimalloc's first use otherwise
+        if Path(folder).is_dir():
+            table = pq.read_table(folder, columns=columns, partitioning=None)
+        else:  # no user of this range has a row
+            table = INTERACTION_SCHEMA.empty_table()
+        train, known = split_user_range(table.cast(INTERACTION_SCHEMA), num_items)
+        if train.num_rows:
+            pq.write_table(train, train_path)
     return known
 
 
@@ -325,7 +327,7 @@ def materialize_split(
         engine = "local" if small and num_partitions is None else "ray"
     started = time.perf_counter()
     num_users, num_items = manifest.num_users, manifest.num_items
-    with atomic_directory(paths.root) as temp:
+    with system_arrow_pool(), atomic_directory(paths.root) as temp:
         temp_paths = SplitPaths.under(temp)
         temp_paths.train_dir.mkdir()
         (temp / KNOWN_DIR).mkdir()

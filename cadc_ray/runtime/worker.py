@@ -96,8 +96,11 @@ def read_rows(path: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
     same on every rank whatever the order of the shards and of the rows in them."""
     import pyarrow.parquet as pq
 
+    from cadc_ray.arrow_pool import system_arrow_pool
+
     needed = list(dict.fromkeys([*columns, "row_index"]))
-    table = pq.read_table(path, columns=needed)
+    with system_arrow_pool():
+        table = pq.read_table(path, columns=needed)
     local = {name: table.column(name).to_numpy() for name in needed}
     order = np.argsort(local["row_index"], kind="stable")
     return {name: values[order] for name, values in local.items()}
