@@ -1,12 +1,12 @@
 """Which allocator pyarrow uses while our own code reads, splits and writes tables in a process.
 
-pyarrow 20+ allocates from mimalloc by default. In a process's first split of 10^6 rows
-mimalloc spent 0.16-0.71 s in the kernel (page faults and returns of fresh segments) where
-the system allocator (glibc malloc) spent 0.08-0.13 s: the split took 0.90-1.16 s with
-mimalloc against 0.38-0.50 s (bench_scale's 10^6-row shape, new processes, 2-core machine;
-docs/results.md, "The split's first call in a process"). Later calls in the same process
-are alike with either, so the cost is paid by every command, Ray task and worker that
-splits, samples or reads rows once, which is how our processes use pyarrow.
+pyarrow 20+ allocates from mimalloc by default. In a new process's first split of 10^6 rows
+(bench_scale's shape, right after preparing them) mimalloc spent 0.16-0.71 s in the kernel
+where the system allocator (glibc malloc) spent 0.09-0.13 s; the split took 0.53-1.16 s
+against 0.39-0.50 s (4 processes each, 2-core machine; docs/results.md, "pyarrow's
+allocator"). Later splits in the same process were alike with either, and our processes
+(a command, a Ray task, a Train worker) mostly prepare, split, sample or read their rows
+once, so they paid the first use every time.
 
 :func:`system_arrow_pool` switches pyarrow's default pool for a block and puts the previous
 one back after it; arrays made inside keep their pool (each Arrow buffer frees to the pool
