@@ -111,6 +111,12 @@ class PretrainConfig:
     # raw: d+1 raw factors, the export before issue #14 (to measure what calibration changes).
     als_export: Literal["calibrated", "raw"] = "calibrated"
     seed: int = 0
+    # MF / MF-MLP only. 0: run `epochs` epochs and export the last. N: validate the teacher
+    # every N epochs and after the last (as the TTNN, eval.selection_metric) and export the
+    # best validation epoch's tables; early_stopping_patience validations without a gain
+    # then end the stage (0: run every epoch).
+    eval_every: int = 0
+    early_stopping_patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -588,6 +594,8 @@ def validate(config: ExperimentConfig, source: str) -> None:
         )
     for path, value in {
         "pretrain.num_negatives": config.pretrain.num_negatives,
+        "pretrain.eval_every": config.pretrain.eval_every,
+        "pretrain.early_stopping_patience": config.pretrain.early_stopping_patience,
         "train.num_negatives": config.train.num_negatives,
         "train.early_stopping_patience": config.train.early_stopping_patience,
         "resources.max_failures": config.resources.max_failures,
@@ -618,6 +626,23 @@ def validate(config: ExperimentConfig, source: str) -> None:
             f"got {config.eval.selection_metric!r}",
         )
     spec = METHODS[config.method]
+    if config.pretrain.early_stopping_patience > 0 and config.pretrain.eval_every == 0:
+        fail(
+            "pretrain.early_stopping_patience",
+            f"{config.pretrain.early_stopping_patience} needs validation: set "
+            "pretrain.eval_every >= 1 (0 runs every epoch unvalidated)",
+        )
+    if config.pretrain.eval_every > 0 and spec.pretrainer not in ("mf", "mf_mlp"):
+        fail(
+            "pretrain.eval_every",
+            f"validates MF / MF-MLP teachers by epoch; method {config.method!r} "
+            + (
+                "does not pretrain"
+                if spec.pretrainer is None
+                else f"pretrains with {spec.pretrainer!r}"
+            )
+            + ": leave it 0",
+        )
     integration = config.model.integration
     if spec.pretrainer is None and integration not in ("auto", "none"):
         fail(

@@ -225,6 +225,11 @@ def run_experiment(
         "pretrain_seconds": teacher.seconds if teacher else 0.0,
         "pretrain_loop_seconds": pretrain_result.loop_seconds if pretrain_result else 0.0,
         "pretrain_epochs": pretrain_result.epochs if pretrain_result else 0,
+        # pretrain.eval_every > 0: the teacher's epoch, chosen on validation (0: unvalidated,
+        # the last epoch's tables), whether patience ended it, and validation's seconds.
+        "pretrain_best_epoch": pretrain_result.best_epoch if pretrain_result else 0,
+        "pretrain_early_stopped": pretrain_result.early_stopped if pretrain_result else False,
+        "pretrain_eval_seconds": pretrain_result.eval_seconds if pretrain_result else 0.0,
         "pretrain_reused": teacher.reused if teacher else False,
         # The teacher's own HR/NDCG (None: no teacher, or CADC-MLP's unexported MLP).
         "teacher_test_percent": _percent(teacher_quality["test"]) if teacher_quality else None,

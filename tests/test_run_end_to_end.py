@@ -38,6 +38,9 @@ REQUIRED_FIELDS = {
     "pretrain_reused",
     "teacher_test_percent",
     "teacher_val_percent",
+    "pretrain_best_epoch",
+    "pretrain_early_stopped",
+    "pretrain_eval_seconds",
 }
 
 
@@ -97,6 +100,9 @@ def test_run_writes_results_json_with_every_field(
         100 * results["test"]["hr@10"], abs=1e-4
     )
     assert results["epochs_run"] == 3 and 1 <= results["best_epoch"] <= 3
+    # pretrain.eval_every 0 (the default): the teacher ran every epoch, unvalidated.
+    assert results["pretrain_epochs"] == 3 and results["pretrain_best_epoch"] == 0
+    assert not any("val_hr@10" in epoch for epoch in results["pretrain_history"])
     assert results["pretrain_seconds"] > 0 and results["train_seconds"] > 0
     assert results["frozen_parameters"] == (120 + results["num_items"]) * 8
     # D_full of 120 users x 12 items minus 2 held out per user, halved by the sample.
@@ -147,7 +153,8 @@ def test_where_the_stages_train_on_a_ray_it_did_not_start_changes_no_number(
       both (``resources.share_worker_group: auto``, ``runtime.joint``), whose TTNN
       checkpoints carry the teacher, or in one group each (``never``);
 
-    and all three give the same numbers."""
+    and all three give the same numbers, the teacher validated on every epoch included
+    (``pretrain.eval_every``: the workers read the split's validation data themselves)."""
     from cadc_ray.runtime.checkpoint import load_checkpoint
     from cadc_ray.runtime.joint import RUN_NAME, TEACHER_KEY
 
@@ -161,7 +168,7 @@ def test_where_the_stages_train_on_a_ray_it_did_not_start_changes_no_number(
     for name, (in_process, share) in placements.items():
         run_dir = tmp_path / name
         argv = [str(config), "--output", str(run_dir), "--set", "resources.num_workers=1"]
-        argv += ["--set", f"resources.in_process={in_process}"]
+        argv += ["--set", f"resources.in_process={in_process}", "--set", "pretrain.eval_every=1"]
         assert run.main([*argv, "--set", f"resources.share_worker_group={share}"]) == 0
         results[name] = json.loads((run_dir / run.RESULTS_FILE).read_text("utf-8"))
     groups, one_group, tasks = results["groups"], results["one_group"], results["tasks"]
@@ -184,6 +191,11 @@ def test_where_the_stages_train_on_a_ray_it_did_not_start_changes_no_number(
                 epoch["loss"] for epoch in groups[history]
             ], (name, history)
         assert result["best_epoch"] == groups["best_epoch"] and result["epochs_run"] == 3
+        assert [epoch["val_hr@10"] for epoch in result["pretrain_history"]] == [
+            epoch["val_hr@10"] for epoch in groups["pretrain_history"]
+        ], name
+        assert result["pretrain_best_epoch"] == groups["pretrain_best_epoch"], name
+    assert 1 <= groups["pretrain_best_epoch"] <= 3
     # One Train run for both stages; its last checkpoint is the TTNN's and holds the teacher.
     last = Path(one_group["checkpoint_path"])
     assert (last.parent.name, last.name) == (RUN_NAME, "ttnn_epoch_000003")

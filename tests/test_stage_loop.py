@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cadc_ray.config import ExperimentConfig, MethodName, from_dict
+from cadc_ray.config import ExperimentConfig, MethodName, from_dict, validate
 from cadc_ray.data import HeldOutSets
 from cadc_ray.data.known import KnownPositives
 from cadc_ray.data.sampling import sample_mask
@@ -103,10 +103,13 @@ def tiny() -> TinyInteractions:
 
 
 def _config(method: str, **sections: dict[str, Any]) -> ExperimentConfig:
+    """``BASE_CONFIG`` for ``method`` with sections updated, checked as a loaded file is."""
     raw = {**BASE_CONFIG, "method": method}
     for name, values in sections.items():
-        raw[name] = {**raw[name], **values}
-    return from_dict(ExperimentConfig, raw, f"test config ({method})")
+        raw[name] = {**raw.get(name, {}), **values}
+    config = from_dict(ExperimentConfig, raw, f"test config ({method})")
+    validate(config, f"test config ({method})")
+    return config
 
 
 def _teacher(config: ExperimentConfig, data: TinyInteractions) -> PretrainedTables | None:
@@ -330,3 +333,134 @@ def test_a_streamed_stage_learns_reproducibly_from_its_shard_alone(tiny: TinyInt
     assert len({seed for _, seed in opened}) == epochs  # a new shuffle every epoch
     assert streamed_losses() == first  # same seed, same stream, same losses
     assert opened[:epochs] == opened[epochs:]
+
+
+def _mf_output(
+    config: ExperimentConfig, data: TinyInteractions, resume_from: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], Any]:
+    environment, reports = local_environment(resume_from)
+    output = train_mf_stage(
+        config,
+        METHODS[config.method].pretrainer or "",
+        _held(data.train),
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        environment=environment,
+        held_out=data.held_out if config.pretrain.eval_every else None,
+    )
+    return output, reports
+
+
+OVERFITTING_MF = {"epochs": 9, "learning_rate": 0.2, "eval_every": 2}
+"""A teacher whose validation HR@10 peaks before its last epoch on the tiny data."""
+
+
+def test_a_validated_teacher_exports_its_best_validation_epoch(tiny: TinyInteractions) -> None:
+    config = _config("cadc", pretrain=OVERFITTING_MF)
+    output, reports = _mf_output(config, tiny)
+
+    # Validated every 2 epochs and after the last (9): 2, 4, 6, 8, 9.
+    evaluated = [report["epoch"] for report in reports.metrics if report["evaluated"]]
+    assert evaluated == [2, 4, 6, 8, 9]
+    values = {
+        report["epoch"]: report["val_hr@10"] for report in reports.metrics if report["evaluated"]
+    }
+    best = output["best_epoch"]
+    assert best == max(values, key=lambda epoch: (values[epoch], -epoch))  # ties: the earlier
+    assert best < config.pretrain.epochs, f"no overfitting to select against: {values}"
+    assert output["best_val"]["hr@10"] == values[best]
+    assert output["epochs"] == 9 and output["early_stopped"] is False
+    assert output["eval_seconds"] > 0
+
+    # The exported tables are the best epoch's: those of the same run stopped there.
+    shorter = _config("cadc", pretrain={**OVERFITTING_MF, "epochs": best, "eval_every": 0})
+    at_best, _ = _mf_output(shorter, tiny)
+    np.testing.assert_array_equal(output["user"], at_best["user"])
+    np.testing.assert_array_equal(output["item"], at_best["item"])
+    assert output["global_bias"] == at_best["global_bias"]
+    last = reports.states[-1]["model"]["user_table.weight"].numpy()
+    assert not np.array_equal(output["user"], last)
+
+
+def test_teacher_early_stopping_ends_the_stage_after_its_patience(tiny: TinyInteractions) -> None:
+    # lr 0 (MF-MLP's dense Adam takes it; the MF step's RowAdam refuses it): every
+    # validation ties the first (epoch 1), so 2 more without a gain stop the stage.
+    config = _config(
+        "cadc_mlp",
+        pretrain={
+            "epochs": 20,
+            "learning_rate": 0.0,
+            "eval_every": 1,
+            "early_stopping_patience": 2,
+        },
+    )
+    output, reports = _mf_output(config, tiny)
+
+    assert output["best_epoch"] == 1
+    assert output["epochs"] == len(reports.metrics) == 3
+    assert output["early_stopped"] is True
+    assert [report["best_epoch"] for report in reports.metrics] == [1, 1, 1]
+
+
+def test_a_resumed_validated_teacher_ends_like_the_uninterrupted_one(
+    tiny: TinyInteractions,
+) -> None:
+    config = _config("cadc", pretrain=OVERFITTING_MF)
+    whole, whole_reports = _mf_output(config, tiny)
+    # After epoch 6: its best-so-far tables and validations travel in the checkpoint.
+    resumed, resumed_reports = _mf_output(config, tiny, resume_from=whole_reports.states[5])
+
+    assert [report["epoch"] for report in resumed_reports.metrics] == [7, 8, 9]
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["best_val"] == whole["best_val"]
+    np.testing.assert_array_equal(resumed["user"], whole["user"])
+    np.testing.assert_array_equal(resumed["item"], whole["item"])
+
+
+def test_an_unvalidated_teacher_runs_every_epoch_and_exports_the_last(
+    tiny: TinyInteractions,
+) -> None:
+    config = _config("cadc", pretrain={**OVERFITTING_MF, "eval_every": 0})
+    output, reports = _mf_output(config, tiny)
+
+    assert output["best_epoch"] == 0 and output["best_val"] == {}
+    assert output["epochs"] == len(reports.metrics) == 9
+    assert not any("val_hr@10" in report for report in reports.metrics)
+    np.testing.assert_array_equal(
+        output["user"], reports.states[-1]["model"]["user_table.weight"].numpy()
+    )
+
+
+def test_teacher_validation_settings_are_checked_at_load() -> None:
+    from cadc_ray.config import ConfigError
+
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrain\.early_stopping_patience: 3 needs validation: set pretrain\.eval_every",
+    ):
+        _config("cadc", pretrain={"early_stopping_patience": 3})
+    with pytest.raises(ConfigError, match=r"pretrain\.eval_every: must be >= 0, got -1"):
+        _config("cadc", pretrain={"eval_every": -1})
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrain\.eval_every: validates MF / MF-MLP teachers by epoch; method "
+        r"'cadc_als' pretrains with 'als': leave it 0",
+    ):
+        _config("cadc_als", pretrain={"eval_every": 1})
+    with pytest.raises(ConfigError, match=r"method 'random' does not pretrain: leave it 0"):
+        _config("random", pretrain={"eval_every": 1})
+
+
+def test_a_teachers_key_names_its_validation_only_when_it_is_on() -> None:
+    from cadc_ray.pretrain_key import pretrain_key
+
+    plain = _config("cadc")
+    # Unvalidated: the selection settings play no part (keys from before stay valid).
+    assert pretrain_key(_config("cadc", eval={"validation_users": 50})) == pretrain_key(plain)
+    validated = _config("cadc", pretrain={"eval_every": 2})
+    assert pretrain_key(validated) != pretrain_key(plain)
+    assert pretrain_key(
+        _config("cadc", pretrain={"eval_every": 2, "early_stopping_patience": 1})
+    ) != (pretrain_key(validated))
+    sampled = _config("cadc", pretrain={"eval_every": 2}, eval={"validation_users": 50})
+    assert pretrain_key(sampled) != pretrain_key(validated)

@@ -191,6 +191,7 @@ def fit_stages_in_one_group(
             **mf_loop_config(
                 config,
                 pretrainer,
+                split=split,
                 num_users=inputs.num_users,
                 num_items=inputs.num_items,
                 run_name=run_name,

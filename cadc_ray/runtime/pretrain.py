@@ -8,6 +8,13 @@ every step, so DDP's all-reduce sees every parameter); the alternation schedule 
 function of ``(epoch, batch)``, so every rank steps the same side. It reports loss, epoch and
 samples/s with a checkpoint after every epoch. Rank 0 returns the exported tables
 (``Result.return_value`` is rank 0's return value).
+
+With ``pretrain.eval_every`` > 0 the teacher is validated as the TTNN is (full ranking of
+the validation users, ``eval.selection_metric``, each rank a slice of the users) every that
+many epochs and after the last; the exported tables are the best validation epoch's, and
+``pretrain.early_stopping_patience`` validations without a gain stop the stage
+(``runtime.stage.EpochSelection``, the TTNN's own). Without it (0, the default) the stage
+runs its configured epochs and exports the last.
 """
 
 from __future__ import annotations
@@ -15,15 +22,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cadc_ray.config import ExperimentConfig, to_dict
 from cadc_ray.models.pretrained import PretrainedTables
-from cadc_ray.runtime.stage import Batches, EnvironmentHook, StageEnvironment, TrainingData
+from cadc_ray.runtime.stage import (
+    Batches,
+    EnvironmentHook,
+    EpochSelection,
+    StageEnvironment,
+    TrainingData,
+    rank_sliced_ranking,
+)
 from cadc_ray.training.alternation import MFOptimizers
+
+if TYPE_CHECKING:
+    from cadc_ray.data import HeldOutSets
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +57,12 @@ class PretrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, ...
     loop_seconds: float = 0.0  # time inside the training epochs only
     checkpoint_path: str | None = None
+    # With pretrain.eval_every > 0: the epoch whose tables are exported (1-based) and its
+    # validation metrics (fractions); 0 and {} without validation.
+    best_epoch: int = 0
+    best_val_metrics: dict[str, float] = field(default_factory=dict)
+    early_stopped: bool = False
+    eval_seconds: float = 0.0  # validation inside the stage
 
 
 class MFStage:
@@ -56,7 +79,9 @@ class MFStage:
         item_counts: np.ndarray,
         seed: int,
         environment: StageEnvironment,
+        held_out: HeldOutSets | None = None,
     ) -> None:
+        """``held_out``: the split's validation data; needed when ``pretrain.eval_every`` > 0."""
         from cadc_ray.models.mf import MatrixFactorization, MLPMatrixFactorization
         from cadc_ray.runtime.worker import derive_seed
         from cadc_ray.training.alternation import make_mf_optimizers
@@ -92,10 +117,46 @@ class MFStage:
         self.sampler = build_negative_sampler(
             settings.negative_sampler, num_items, item_counts=item_counts
         )
+        self.config, self.worker, self.held_out = config, environment.worker, held_out
+        self.eval_seconds = 0.0
+        self.selection: EpochSelection | None = None
+        if settings.eval_every > 0:
+            if held_out is None:
+                raise ValueError("pretrain.eval_every > 0 needs the split's validation data")
+            self.selection = EpochSelection(
+                patience=settings.early_stopping_patience,
+                eval_every=settings.eval_every,
+                epochs=settings.epochs,
+                metric=config.eval.selection_metric,
+                validate=self.validate,
+                snapshot=self.base.state_dict,
+            )
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The teacher's full ranking of the validation users (this rank's slice, sums
+        all-reduced), as the TTNN is validated."""
+        assert self.held_out is not None
+        started = time.perf_counter()
+        self.base.eval()
+        metrics = rank_sliced_ranking(
+            self.base.score_users,
+            self.held_out.val_users,
+            self.held_out.val_items,
+            self.held_out.known,
+            tuple(self.config.eval.ks),
+            self.config.eval.user_batch_size,
+            self.worker,
+        )
+        self.base.train()
+        self.eval_seconds += time.perf_counter() - started
+        return metrics
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.base.load_state_dict(state["model"])
         self.optimizers.load_state_dict(state["optimizers"]["mf"])
+        if self.selection is not None:
+            self.selection.load_state(state)
 
     def before_first_epoch(self) -> None:
         pass
@@ -127,20 +188,25 @@ class MFStage:
         )
 
     def after_epoch(self, epoch: int) -> dict[str, Any]:
-        return {}  # pretraining has no validation: it runs its configured epochs
+        # Without pretrain.eval_every the stage runs its configured epochs, unvalidated.
+        return {} if self.selection is None else self.selection.after_epoch(epoch)
 
     @property
     def should_stop(self) -> bool:
-        return False
+        return self.selection is not None and self.selection.should_stop
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.base.state_dict(), "optimizers": {"mf": self.optimizers.state_dict()}}
+        return {
+            "model": self.base.state_dict(),
+            "optimizers": {"mf": self.optimizers.state_dict()},
+            **({} if self.selection is None else self.selection.state()),
+        }
 
     def console_detail(self) -> str:
-        return ""
+        return "" if self.selection is None else self.selection.console_detail()
 
     def gauge_value(self) -> float | None:
-        return None
+        return None if self.selection is None else self.selection.last_val.get("hr@10")
 
 
 def train_mf_stage(
@@ -151,19 +217,25 @@ def train_mf_stage(
     num_users: int,
     num_items: int,
     environment: StageEnvironment,
+    held_out: HeldOutSets | None = None,
 ) -> dict[str, Any]:
     """MF / MF-MLP pretraining on the positives ``data`` (held or streamed, see
     ``runtime.ingest``) -> the exported tables and history, on every rank (the ranks' tables
     are equal: the fused step applies the same gathered rows everywhere, DDP the same
     averaged gradients; a TTNN trained next in the same worker group uses them,
-    ``runtime.joint``)."""
+    ``runtime.joint``). With ``pretrain.eval_every`` > 0 (``held_out`` given) the tables
+    are the best validation epoch's."""
     from cadc_ray.runtime.stage import run_stage
     from cadc_ray.runtime.worker import stage_seed
 
-    settings = config.pretrain
-    seed = stage_seed(config.seed, settings.seed)
-    body = MFStage(config, pretrainer, num_users, num_items, data.counts.items, seed, environment)
+    seed = stage_seed(config.seed, config.pretrain.seed)
+    body = MFStage(
+        config, pretrainer, num_users, num_items, data.counts.items, seed, environment, held_out
+    )
     run = run_stage(body, environment, config, data.rows)
+    selection = body.selection
+    if selection is not None and selection.best_state:
+        body.base.load_state_dict(selection.best_state)
     tables = body.base.export_tables()  # the module inside DDP: wrapping keeps it in place
     return {
         "user": tables.user,
@@ -172,7 +244,11 @@ def train_mf_stage(
         "global_bias": tables.global_bias,
         "history": run.history,
         "loop_seconds": run.loop_seconds,
-        "epochs": settings.epochs,
+        "epochs": len(run.history),
+        "best_epoch": 0 if selection is None else selection.best_epoch,
+        "best_val": {} if selection is None else dict(selection.best_val),
+        "early_stopped": run.early_stopped,
+        "eval_seconds": body.eval_seconds,
     }
 
 
@@ -189,6 +265,17 @@ def mf_in_worker(
     if adapt is not None:
         environment = adapt(environment)
     num_users, num_items = int(loop_config["num_users"]), int(loop_config["num_items"])
+    held_out = None
+    if config.pretrain.eval_every > 0:
+        from cadc_ray.data import read_held_out
+
+        held_out = read_held_out(
+            loop_config["split"],
+            num_users,
+            num_items,
+            config.eval.validation_users,
+            config.eval.validation_seed,
+        )
     output = train_mf_stage(
         config,
         loop_config["pretrainer"],
@@ -196,6 +283,7 @@ def mf_in_worker(
         num_users=num_users,
         num_items=num_items,
         environment=environment,
+        held_out=held_out,
     )
     return environment.worker.rank, output
 
@@ -211,17 +299,20 @@ def mf_loop_config(
     config: ExperimentConfig,
     pretrainer: str,
     *,
+    split: Any,
     num_users: int,
     num_items: int,
     run_name: str,
     storage_path: str | None,
 ) -> dict[str, Any]:
-    """The MF stage's ``train_loop_config`` (without its ingest entries)."""
+    """The MF stage's ``train_loop_config`` (without its ingest entries). ``split``: the
+    data layer's ``SplitPaths``, where validation reads (``pretrain.eval_every``)."""
     from cadc_ray.runtime.trainer import stage_loop_config
 
     return {
         **stage_loop_config(config, run_name=run_name, storage_path=storage_path),
         "pretrainer": pretrainer,
+        "split": split,
         "num_users": num_users,
         "num_items": num_items,
     }
@@ -251,6 +342,10 @@ def pretrain_result(
         history=list(output["history"]),
         loop_seconds=float(output["loop_seconds"]),
         checkpoint_path=checkpoint_path,
+        best_epoch=int(output.get("best_epoch", 0)),
+        best_val_metrics=dict(output.get("best_val", {})),
+        early_stopped=bool(output.get("early_stopped", False)),
+        eval_seconds=float(output.get("eval_seconds", 0.0)),
     )
 
 
@@ -355,6 +450,7 @@ def fit_pretrain(
         mf_loop_config(
             config,
             pretrainer,
+            split=split,
             num_users=num_users,
             num_items=num_items,
             run_name=run_name,

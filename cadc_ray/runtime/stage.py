@@ -261,6 +261,136 @@ class StageBody(Protocol):
         ...
 
 
+VAL_PREFIX = "val_"
+BEST_PREFIX = "best_val_"
+
+
+def reported_metric(metric: str) -> str:
+    """Name of a validation metric in the per-epoch reports: ``hr@10`` -> ``val_hr@10``."""
+    return VAL_PREFIX + metric
+
+
+def rank_sliced_ranking(
+    score_users: Callable[[torch.Tensor], torch.Tensor],
+    users: np.ndarray,
+    heldout_items: np.ndarray,
+    known: Any,
+    ks: tuple[int, ...],
+    user_batch_size: int,
+    worker: WorkerInfo,
+    extra_mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Full ranking of ``users`` split over the ranks: each scores its slice
+    (``rank::world_size``), the hit and NDCG sums are all-reduced, so every rank gets the
+    same fractions and takes the same early-stopping decision."""
+    from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
+
+    rank_slice = slice(worker.rank, None, worker.world_size)
+    mine = users[rank_slice]
+    if mine.size:
+        sums = full_ranking_sums(
+            score_users,
+            mine,
+            heldout_items[rank_slice],
+            known,
+            ks,
+            user_batch_size,
+            extra_mask_items=None if extra_mask is None else extra_mask[rank_slice],
+            device=worker.device,
+        )
+    else:
+        sums = FullRankingSums(
+            ks=ks, hit_sums=dict.fromkeys(ks, 0.0), ndcg_sums=dict.fromkeys(ks, 0.0)
+        )
+    total = all_reduce_sums(sums.to_tensor().tolist(), worker)
+    return FullRankingSums.from_tensor(ks, torch.tensor(total, dtype=torch.float64)).metrics()
+
+
+class EpochSelection:
+    """Which epoch a stage hands on, chosen by validation (METHOD 1.5), in both stages.
+
+    Validates every ``eval_every`` epochs and after the configured last one; keeps a copy of
+    the state (``snapshot()``) of the best value of ``metric`` so far (ties keep the earlier
+    epoch) and stops after ``patience`` validations without a gain (0: never). Its reports
+    are ``evaluated``, ``best_epoch`` (0: none yet, or the state before any step),
+    ``val_<metric>`` of the last validation and ``best_val_<metric>``.
+    """
+
+    def __init__(
+        self,
+        *,
+        patience: int,
+        eval_every: int,
+        epochs: int,
+        metric: str,
+        validate: Callable[[], dict[str, float]],
+        snapshot: Callable[[], dict[str, Any]],
+    ) -> None:
+        from cadc_ray.training.early_stopping import EarlyStopping
+
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        self.stopper = EarlyStopping(patience, mode="max")
+        self.eval_every, self.epochs, self.metric = eval_every, epochs, metric
+        self.validate, self.snapshot = validate, snapshot
+        self.best_state: dict[str, Any] | None = None
+        self.best_val: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+
+    @property
+    def best_epoch(self) -> int:
+        return self.stopper.best_epoch or 0
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.stopper.should_stop)
+
+    def record(self, epochs_done: int) -> None:
+        """Validates the state after ``epochs_done`` epochs (0: before any step)."""
+        self.last_val = self.validate()
+        if self.stopper.update(epochs_done, self.last_val[self.metric]):
+            self.best_val = dict(self.last_val)
+            self.best_state = copy.deepcopy(self.snapshot())
+
+    def after_epoch(self, epoch: int) -> dict[str, Any]:
+        """Validation after 0-based ``epoch`` when it is due -> the epoch's report entries."""
+        evaluated = (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs
+        if evaluated:
+            self.record(epoch + 1)
+        metrics: dict[str, Any] = {"evaluated": evaluated, "best_epoch": self.best_epoch}
+        metrics.update({reported_metric(name): value for name, value in self.last_val.items()})
+        metrics.update({BEST_PREFIX + name: value for name, value in self.best_val.items()})
+        return metrics
+
+    def console_detail(self) -> str:
+        metric = self.metric
+        return (
+            f"val {metric} {self.last_val.get(metric, float('nan')):.4f} (best "
+            f"{self.best_val.get(metric, float('nan')):.4f} at epoch {self.best_epoch})"
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "early_stopping": {
+                "best_value": self.stopper.best_value,
+                "best_epoch": self.stopper.best_epoch,
+                "epochs_without_improvement": self.stopper.epochs_without_improvement,
+            },
+            "best_model": self.best_state if self.best_state is not None else {},
+            "best_val": self.best_val,
+            "last_val": self.last_val,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        stopping = state["early_stopping"]
+        self.stopper.best_value = stopping["best_value"]
+        self.stopper.best_epoch = stopping["best_epoch"]
+        self.stopper.epochs_without_improvement = stopping["epochs_without_improvement"]
+        self.best_state = state["best_model"]
+        self.best_val = dict(state["best_val"])
+        self.last_val = dict(state["last_val"])
+
+
 @dataclass(frozen=True)
 class StageRun:
     """How the loop went: what :func:`run_stage` hands back to the stage."""

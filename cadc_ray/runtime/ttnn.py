@@ -23,7 +23,6 @@ it at the end.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +34,14 @@ import numpy as np
 import torch
 
 from cadc_ray.config import ExperimentConfig
-from cadc_ray.runtime.stage import Batches, EnvironmentHook, StageEnvironment, TrainingData
+from cadc_ray.runtime.stage import (
+    Batches,
+    EnvironmentHook,
+    EpochSelection,
+    StageEnvironment,
+    TrainingData,
+    rank_sliced_ranking,
+)
 
 if TYPE_CHECKING:
     from cadc_ray.data import EntityFeatures, HeldOutSets, InteractionCounts
@@ -44,13 +50,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGE = "ttnn"
-VAL_PREFIX = "val_"
-BEST_PREFIX = "best_val_"
-
-
-def reported_metric(metric: str) -> str:
-    """Name of a validation metric in the per-epoch reports: ``hr@10`` -> ``val_hr@10``."""
-    return VAL_PREFIX + metric
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,6 @@ class TTNNStage:
         from cadc_ray.models.id_tables import id_table_compression, model_bytes
         from cadc_ray.runtime.device import sparse_gradients_all_reduce
         from cadc_ray.runtime.worker import derive_seed
-        from cadc_ray.training.early_stopping import EarlyStopping
         from cadc_ray.training.optim import sparse_id_tables, two_tower_optimizers
         from cadc_ray.training.samplers import build_negative_sampler
 
@@ -208,11 +206,14 @@ class TTNNStage:
             settings.negative_sampler, num_items, item_counts=counts.items
         )
         self.ks = tuple(config.eval.ks)
-        self.selection = config.eval.selection_metric
-        self.stopper = EarlyStopping(settings.early_stopping_patience, mode="max")
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_val: dict[str, float] = {}
-        self.last_val: dict[str, float] = {}
+        self.selection = EpochSelection(
+            patience=settings.early_stopping_patience,
+            eval_every=settings.eval_every,
+            epochs=settings.epochs,
+            metric=config.eval.selection_metric,
+            validate=self.validate,
+            snapshot=self.base.state_dict,
+        )
         self.eval_seconds = 0.0  # every evaluate() call, summed
 
     def evaluate(
@@ -226,33 +227,21 @@ class TTNNStage:
 
         ``scorer``: ``users (B,) -> (B, num_items)``; default the model's own ranking.
         """
-        from cadc_ray.evaluation import FullRankingSums, full_ranking_sums
-        from cadc_ray.runtime.worker import all_reduce_sums
-
         started = time.perf_counter()
-        worker, ks = self.worker, self.ks
-        rank_slice = slice(worker.rank, None, worker.world_size)
         self.base.eval()
-        mine = eval_users[rank_slice]
-        if mine.size:
-            sums = full_ranking_sums(
-                self.base.ranking_scorer() if scorer is None else scorer,
-                mine,
-                heldout_items[rank_slice],
-                self.held_out.known,
-                ks,
-                self.config.eval.user_batch_size,
-                extra_mask_items=None if extra_mask is None else extra_mask[rank_slice],
-                device=worker.device,
-            )
-        else:
-            sums = FullRankingSums(
-                ks=ks, hit_sums=dict.fromkeys(ks, 0.0), ndcg_sums=dict.fromkeys(ks, 0.0)
-            )
-        total = all_reduce_sums(sums.to_tensor().tolist(), worker)
+        metrics = rank_sliced_ranking(
+            self.base.ranking_scorer() if scorer is None else scorer,
+            eval_users,
+            heldout_items,
+            self.held_out.known,
+            self.ks,
+            self.config.eval.user_batch_size,
+            self.worker,
+            extra_mask,
+        )
         self.base.train()
         self.eval_seconds += time.perf_counter() - started
-        return FullRankingSums.from_tensor(ks, torch.tensor(total, dtype=torch.float64)).metrics()
+        return metrics
 
     def validate(self) -> dict[str, float]:
         return self.evaluate(self.held_out.val_users, self.held_out.val_items, None)
@@ -269,13 +258,7 @@ class TTNNStage:
             )
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(saved[name])
-        stopping = state["early_stopping"]
-        self.stopper.best_value = stopping["best_value"]
-        self.stopper.best_epoch = stopping["best_epoch"]
-        self.stopper.epochs_without_improvement = stopping["epochs_without_improvement"]
-        self.best_state = state["best_model"]
-        self.best_val = dict(state["best_val"])
-        self.last_val = dict(state["last_val"])
+        self.selection.load_state(state)
 
     def before_first_epoch(self) -> None:
         if self.integration != "residual":
@@ -284,13 +267,13 @@ class TTNNStage:
         # validating it as "epoch 0" lets early stopping keep the teacher (best_epoch 0)
         # when training on the sample never beats it on validation. Not a report: Tune's
         # iterations stay one per epoch.
-        self.last_val = self.validate()
-        self.stopper.update(0, self.last_val[self.selection])
-        self.best_val = dict(self.last_val)
-        self.best_state = copy.deepcopy(self.base.state_dict())
+        selection = self.selection
+        selection.record(0)
         if self.worker.rank == 0:
             logger.info(
-                "ttnn epoch 0 (the teacher): %s %.4f", self.selection, self.last_val[self.selection]
+                "ttnn epoch 0 (the teacher): %s %.4f",
+                selection.metric,
+                selection.last_val[selection.metric],
             )
 
     def train_epoch(self, epoch: int, batches: Batches, generator: torch.Generator) -> float:
@@ -308,51 +291,28 @@ class TTNNStage:
         )
 
     def after_epoch(self, epoch: int) -> dict[str, Any]:
-        settings = self.settings
-        evaluated = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
-        if evaluated:
-            self.last_val = self.validate()
-            if self.stopper.update(epoch + 1, self.last_val[self.selection]):
-                self.best_val = dict(self.last_val)
-                self.best_state = copy.deepcopy(self.base.state_dict())
-        metrics: dict[str, Any] = {
-            "evaluated": evaluated,
-            "best_epoch": self.stopper.best_epoch or 0,
+        return {
+            **self.selection.after_epoch(epoch),
             # Known from the start: an early-stopped trial still gives Optuna its size.
             "model_bytes": int(self.model_bytes.get("total", 0)),
         }
-        metrics.update({reported_metric(name): value for name, value in self.last_val.items()})
-        metrics.update({BEST_PREFIX + name: value for name, value in self.best_val.items()})
-        return metrics
 
     @property
     def should_stop(self) -> bool:
-        return bool(self.stopper.should_stop)
+        return self.selection.should_stop
 
     def state(self) -> dict[str, Any]:
         return {
             "model": self.base.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "early_stopping": {
-                "best_value": self.stopper.best_value,
-                "best_epoch": self.stopper.best_epoch,
-                "epochs_without_improvement": self.stopper.epochs_without_improvement,
-            },
-            "best_model": self.best_state if self.best_state is not None else {},
-            "best_val": self.best_val,
-            "last_val": self.last_val,
+            **self.selection.state(),
         }
 
     def console_detail(self) -> str:
-        selection = self.selection
-        return (
-            f"val {selection} {self.last_val.get(selection, float('nan')):.4f} (best "
-            f"{self.best_val.get(selection, float('nan')):.4f} at epoch "
-            f"{self.stopper.best_epoch or 0})"
-        )
+        return self.selection.console_detail()
 
     def gauge_value(self) -> float | None:
-        return self.last_val.get("hr@10")
+        return self.selection.last_val.get("hr@10")
 
 
 def ttnn_training_data(
@@ -409,8 +369,9 @@ def train_ttnn_stage(
     held_out, pretrained = inputs.held_out, inputs.pretrained
     run = run_stage(body, environment, config, data.rows)
     # --- test at the best epoch ---
-    if body.best_state:
-        body.base.load_state_dict(body.best_state)
+    selection = body.selection
+    if selection.best_state:
+        body.base.load_state_dict(selection.best_state)
     test = body.evaluate(held_out.test_users, held_out.test_items, held_out.test_extra_mask)
     # The teacher alone on the same test users and masks: the reference the TTNN is read
     # against (Figure 1's "teacher" line); {} when the tables cannot score (mf_mlp).
@@ -426,8 +387,8 @@ def train_ttnn_stage(
         return None
     return {
         "test": test,
-        "best_val": body.best_val,
-        "best_epoch": body.stopper.best_epoch or 0,
+        "best_val": selection.best_val,
+        "best_epoch": selection.best_epoch,
         "epochs_run": len(run.history),
         "early_stopped": run.early_stopped,
         "history": run.history,
