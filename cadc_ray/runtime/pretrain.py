@@ -312,7 +312,9 @@ def mf_loop_config(
     return {
         **stage_loop_config(config, run_name=run_name, storage_path=storage_path),
         "pretrainer": pretrainer,
-        "split": split,
+        # Only a validated stage reads it: the loop config is unpickled by Train's
+        # controller too, so it carries nothing that an unvalidated stage does not use.
+        "split": split if config.pretrain.eval_every > 0 else None,
         "num_users": num_users,
         "num_items": num_items,
     }
