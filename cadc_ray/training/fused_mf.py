@@ -9,9 +9,11 @@ batch never saw), so one epoch costs ``num_batches * table_size``. This step ins
    ``x = u[:d].v[:d] + u[d] + v[d] + b`` and ``L = mean(softplus(-x_pos), softplus(x_neg))``:
    ``dL/dx = (sigmoid(x) - label) / (B (1+K))``; ``dx/du = [v[:d], 1]``,
    ``dx/dv = [u[:d], 1]``, ``dx/db = 1``;
-3. sums the row gradients per distinct row (``torch.unique`` + ``index_add_``) and, in a
-   distributed run, all-gathers those rows from every rank, with the global bias's gradient
-   in the same buffer (``exchange_row_gradients``; never a dense all-reduce);
+3. sums the row gradients per distinct row (``RowGradients``: ``index_add_`` into a
+   table-sized buffer and a bincount for tables not much taller than the batch, else
+   ``torch.unique`` + ``index_add_``) and, in a distributed run, all-gathers those rows
+   from every rank, with the global bias's gradient in the same buffer
+   (``exchange_row_gradients``; never a dense all-reduce);
 4. applies Adam to the touched rows only (``adam.RowAdam``: lazy Adam, as
    ``torch.optim.SparseAdam``), and dense Adam to the global bias.
 
