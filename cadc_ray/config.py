@@ -111,10 +111,11 @@ class PretrainConfig:
     # raw: d+1 raw factors, the export before issue #14 (to measure what calibration changes).
     als_export: Literal["calibrated", "raw"] = "calibrated"
     seed: int = 0
-    # MF / MF-MLP only. 0: run `epochs` epochs and export the last. N: validate the teacher
-    # every N epochs and after the last (as the TTNN, eval.selection_metric) and export the
-    # best validation epoch's tables; early_stopping_patience validations without a gain
-    # then end the stage (0: run every epoch).
+    # MF / MF-MLP teachers (ALS and methods without pretraining ignore them, as they ignore
+    # the other MF settings: one sweep base serves every method). 0: run `epochs` epochs and
+    # export the last. N: validate the teacher every N epochs and after the last (as the
+    # TTNN, eval.selection_metric) and export the best validation epoch's tables;
+    # early_stopping_patience validations without a gain then end the stage (0: never).
     eval_every: int = 0
     early_stopping_patience: int = 0
 
@@ -631,17 +632,6 @@ def validate(config: ExperimentConfig, source: str) -> None:
             "pretrain.early_stopping_patience",
             f"{config.pretrain.early_stopping_patience} needs validation: set "
             "pretrain.eval_every >= 1 (0 runs every epoch unvalidated)",
-        )
-    if config.pretrain.eval_every > 0 and spec.pretrainer not in ("mf", "mf_mlp"):
-        fail(
-            "pretrain.eval_every",
-            f"validates MF / MF-MLP teachers by epoch; method {config.method!r} "
-            + (
-                "does not pretrain"
-                if spec.pretrainer is None
-                else f"pretrains with {spec.pretrainer!r}"
-            )
-            + ": leave it 0",
         )
     integration = config.model.integration
     if spec.pretrainer is None and integration not in ("auto", "none"):

@@ -16,15 +16,17 @@ from cadc_ray.methods import METHODS
 NOT_PRETRAINING_DATA_KEYS = frozenset({"filter_ratio", "sample_seed"})
 VALIDATION_FIELDS = ("eval_every", "early_stopping_patience")
 """``pretrain.*`` fields that choose the teacher's epoch by validation (0: off)."""
+EPOCH_PRETRAINERS = ("mf", "mf_mlp")
+"""The pretrainers that train by epoch and so can be validated (ALS ignores the fields)."""
 
 
 def pretrain_key(config: ExperimentConfig) -> str | None:
     """A stable id of what determines the pretrained tables; None for non-pretraining methods.
 
     (dataset and its preparation, pretrainer variant, every ``pretrain.*`` field, seed; with
-    ``pretrain.eval_every`` > 0 also what picks the validation epoch: the selection metric
-    and the validation users.) The validation fields are left out when they are off, so a
-    key stays what it was before they existed.
+    ``pretrain.eval_every`` > 0 for an MF / MF-MLP teacher also what picks the validation
+    epoch: the selection metric and the validation users.) The validation fields are left
+    out when they are off or ignored (ALS), so a key stays what it was before they existed.
     """
     pretrainer = METHODS[config.method].pretrainer
     if pretrainer is None:
@@ -37,7 +39,7 @@ def pretrain_key(config: ExperimentConfig) -> str | None:
         "data": data,
         "seed": config.seed,
     }
-    if config.pretrain.eval_every == 0:
+    if config.pretrain.eval_every == 0 or pretrainer not in EPOCH_PRETRAINERS:
         for name in VALIDATION_FIELDS:
             del pretrain[name]
     else:
