@@ -463,3 +463,33 @@ def test_a_teachers_key_names_its_validation_only_when_it_is_on() -> None:
     # ALS trains no epochs: the fields do not reach it, nor its key.
     als = _config("cadc_als")
     assert pretrain_key(_config("cadc_als", pretrain={"eval_every": 2})) == pretrain_key(als)
+
+
+def test_the_epoch_line_says_when_its_validation_was_measured() -> None:
+    from cadc_ray.runtime.stage import EpochSelection
+
+    values = iter([0.05, 0.04])
+    selection = EpochSelection(
+        patience=0,
+        eval_every=5,
+        epochs=12,
+        metric="hr@10",
+        validate=lambda: {"hr@10": next(values)},
+        snapshot=dict,
+    )
+    for epoch in range(4):  # epochs 1-4: nothing measured yet, no "nan" on the line
+        assert selection.after_epoch(epoch)["evaluated"] is False
+        assert selection.console_detail(epoch + 1) == ""
+    selection.after_epoch(4)
+    assert selection.console_detail(5) == "val hr@10 0.0500 (best 0.0500 at epoch 5)"
+    selection.after_epoch(5)
+    assert selection.console_detail(6) == "val hr@10 0.0500 at epoch 5 (best 0.0500 at epoch 5)"
+    for epoch in range(6, 10):
+        selection.after_epoch(epoch)
+    assert selection.console_detail(10) == "val hr@10 0.0400 (best 0.0500 at epoch 5)"
+    # A resumed run's line goes on where the checkpoint left it.
+    resumed = EpochSelection(
+        patience=0, eval_every=5, epochs=12, metric="hr@10", validate=dict, snapshot=dict
+    )
+    resumed.load_state(selection.state())
+    assert resumed.console_detail(11) == "val hr@10 0.0400 at epoch 10 (best 0.0500 at epoch 5)"

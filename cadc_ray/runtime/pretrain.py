@@ -202,8 +202,8 @@ class MFStage:
             **({} if self.selection is None else self.selection.state()),
         }
 
-    def console_detail(self) -> str:
-        return "" if self.selection is None else self.selection.console_detail()
+    def console_detail(self, epoch: int) -> str:
+        return "" if self.selection is None else self.selection.console_detail(epoch)
 
     def gauge_value(self) -> float | None:
         return None if self.selection is None else self.selection.last_val.get("hr@10")

@@ -252,8 +252,8 @@ class StageBody(Protocol):
         """The body's checkpoint entries (model, optimizers, ...), rank 0 only."""
         ...
 
-    def console_detail(self) -> str:
-        """Validation text for the epoch's console line ("" for none)."""
+    def console_detail(self, epoch: int) -> str:
+        """Validation text for 1-based ``epoch``'s console line ("" for none)."""
         ...
 
     def gauge_value(self) -> float | None:
@@ -336,6 +336,7 @@ class EpochSelection:
         self.best_state: dict[str, Any] | None = None
         self.best_val: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
+        self.last_epoch: int | None = None  # when last_val was measured (0: before any step)
 
     @property
     def best_epoch(self) -> int:
@@ -347,7 +348,7 @@ class EpochSelection:
 
     def record(self, epochs_done: int) -> None:
         """Validates the state after ``epochs_done`` epochs (0: before any step)."""
-        self.last_val = self.validate()
+        self.last_val, self.last_epoch = self.validate(), epochs_done
         if self.stopper.update(epochs_done, self.last_val[self.metric]):
             self.best_val = dict(self.last_val)
             self.best_state = copy.deepcopy(self.snapshot())
@@ -362,11 +363,16 @@ class EpochSelection:
         metrics.update({BEST_PREFIX + name: value for name, value in self.best_val.items()})
         return metrics
 
-    def console_detail(self) -> str:
-        metric = self.metric
+    def console_detail(self, epoch: int) -> str:
+        """The epoch line's validation part after 1-based ``epoch``: "" before the first
+        validation; a value measured at an earlier epoch says which."""
+        metric, measured_at = self.metric, self.last_epoch
+        if measured_at is None or metric not in self.last_val:
+            return ""
+        when = "" if measured_at == epoch else f" at epoch {measured_at}"
         return (
-            f"val {metric} {self.last_val.get(metric, float('nan')):.4f} (best "
-            f"{self.best_val.get(metric, float('nan')):.4f} at epoch {self.best_epoch})"
+            f"val {metric} {self.last_val[metric]:.4f}{when} (best "
+            f"{self.best_val[metric]:.4f} at epoch {self.best_epoch})"
         )
 
     def state(self) -> dict[str, Any]:
@@ -379,6 +385,7 @@ class EpochSelection:
             "best_model": self.best_state if self.best_state is not None else {},
             "best_val": self.best_val,
             "last_val": self.last_val,
+            "last_val_epoch": self.last_epoch,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -389,6 +396,8 @@ class EpochSelection:
         self.best_state = state["best_model"]
         self.best_val = dict(state["best_val"])
         self.last_val = dict(state["last_val"])
+        # Absent from checkpoints written before it: the line then waits for a validation.
+        self.last_epoch = state.get("last_val_epoch")
 
 
 @dataclass(frozen=True)
@@ -472,7 +481,9 @@ def run_stage(
             if environment.gauges is not None:
                 environment.gauges.record_epoch(epoch + 1, samples_per_second, body.gauge_value())
             logger.info(
-                progress.line(epoch + 1, metrics["loss"], samples_per_second, body.console_detail())
+                progress.line(
+                    epoch + 1, metrics["loss"], samples_per_second, body.console_detail(epoch + 1)
+                )
             )
         environment.report(metrics, state, epoch + 1)
         if body.should_stop:

@@ -308,8 +308,8 @@ class TTNNStage:
             **self.selection.state(),
         }
 
-    def console_detail(self) -> str:
-        return self.selection.console_detail()
+    def console_detail(self, epoch: int) -> str:
+        return self.selection.console_detail(epoch)
 
     def gauge_value(self) -> float | None:
         return self.selection.last_val.get("hr@10")
