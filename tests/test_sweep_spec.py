@@ -378,3 +378,20 @@ def test_shipped_specs_are_valid() -> None:
     for path in specs:
         spec = load_spec(path)
         assert spec.name
+
+
+def test_a_validated_teacher_set_on_a_mixed_spec_reaches_its_teacher_and_no_other_trial() -> None:
+    """``--set pretrain.eval_every=...`` on a spec whose trials also train Random and GS:
+    every trial loads (it once failed at load, docs/sweeps.md), the CADC trials share one
+    teacher whose key names the validation, and the key of a teacher without it differs."""
+    sets = ["pretrain.eval_every=5", "pretrain.early_stopping_patience=3"]
+    validated = trial_configs_for_setup(load_spec(REPO / "tune_specs" / "ratio.yaml", sets))
+    plain = trial_configs_for_setup(load_spec(REPO / "tune_specs" / "ratio.yaml"))
+    methods = {config.method for config in validated}
+    assert {"cadc", "random", "gs"} <= methods
+    assert len(validated) == len(plain)
+    teachers = distinct_pretrain_configs(validated)
+    assert len(teachers) == 1
+    assert set(teachers) != set(distinct_pretrain_configs(plain))
+    for config in validated:
+        assert (config.pretrain.eval_every, config.pretrain.early_stopping_patience) == (5, 3)
