@@ -132,10 +132,10 @@ class MFStage:
                 snapshot=self.base.state_dict,
             )
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """The teacher's full ranking of the validation users (this rank's slice, sums
-        all-reduced), as the TTNN is validated."""
+        all-reduced), as the TTNN is validated (``full_ranking_sums`` scores without
+        autograd)."""
         assert self.held_out is not None
         started = time.perf_counter()
         self.base.eval()
