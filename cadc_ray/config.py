@@ -307,6 +307,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool) and {"yes", "no"} <= set(allowed):
+            # YAML 1.1 (PyYAML) reads an unquoted yes/no (and on/off) as a boolean, in
+            # files and in --set alike: `use_gpu: yes` means "yes".
+            value = "yes" if value else "no"
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
         return value

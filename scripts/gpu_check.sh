@@ -30,6 +30,13 @@
 #   --tolerance X        largest accepted |GPU - CPU| of a test metric (default 0.02)
 #   --out FILE           result file (default benchmarks/results/gpu_check.json)
 #   --workdir DIR        run folders (default runs/gpu_check)
+#   --rehearse           check this script on a machine without a GPU: the GPU run's local
+#                        Ray advertises one fake GPU (RAY_OVERRIDE_RESOURCES), so its Train
+#                        worker is scheduled as a GPU worker and computes on the CPU (with
+#                        the device module's warning). The report says "rehearsal": true
+#                        and goes to $WORKDIR/gpu_check_rehearsal.json unless --out is
+#                        given; its numbers are not a GPU's. Both runs then compute on the
+#                        CPU with the same seeds, so their test metrics must be equal.
 # Environment: PYTHON (default .venv/bin/python, else python3).
 set -euo pipefail
 
@@ -51,9 +58,10 @@ fi
 PRETRAIN_EPOCHS=3
 EPOCHS=3
 TOLERANCE=0.02
-OUT=benchmarks/results/gpu_check.json
+OUT=""
 WORKDIR=runs/gpu_check
 DATA=""
+REHEARSE=no
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage 0 ;;
@@ -62,6 +70,7 @@ while [ $# -gt 0 ]; do
     --tolerance) [ $# -ge 2 ] || die "--tolerance needs a value"; TOLERANCE=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a value"; OUT=$2; shift 2 ;;
     --workdir) [ $# -ge 2 ] || die "--workdir needs a value"; WORKDIR=$2; shift 2 ;;
+    --rehearse) REHEARSE=yes; shift ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$DATA" ] || die "one DATA only (got '$DATA' and '$1')"; DATA=$1; shift ;;
   esac
@@ -70,10 +79,16 @@ for value in "$PRETRAIN_EPOCHS" "$EPOCHS"; do
   case "$value" in ''|*[!0-9]*|0) die "epochs must be positive integers, got '$value'" ;; esac
 done
 
+if [ -z "$OUT" ]; then
+  if [ "$REHEARSE" = yes ]; then OUT=$WORKDIR/gpu_check_rehearsal.json; else OUT=benchmarks/results/gpu_check.json; fi
+fi
+
 # 1. A GPU, or nothing else happens.
 PROBE_ERRORS=$(mktemp)
 trap 'rm -f "$PROBE_ERRORS"' EXIT
-if ! GPU_NAME=$("$PYTHON" -c '
+if [ "$REHEARSE" = yes ]; then
+  GPU_NAME="none: rehearsal (one fake GPU resource, computed on the CPU)"
+elif ! GPU_NAME=$("$PYTHON" -c '
 import sys, torch
 if not torch.cuda.is_available():
     build = torch.version.cuda or "none"
@@ -102,9 +117,12 @@ echo "gpu_check: $GPU_NAME; data $DATA ($CONFIG), MF $PRETRAIN_EPOCHS + TTNN $EP
 
 run_on() {  # run_on gpu|cpu
   local device=$1 use_gpu=no
+  local fake_gpu=()
   [ "$device" = gpu ] && use_gpu=yes
+  # A rehearsal's GPU run: the local Ray that cadc_ray.run starts advertises one GPU.
+  [ "$device" = gpu ] && [ "$REHEARSE" = yes ] && fake_gpu=(RAY_OVERRIDE_RESOURCES='{"GPU": 1}')
   echo "gpu_check: $device run -> $WORKDIR/$device" >&2
-  "$PYTHON" -m cadc_ray.run "$CONFIG" "${DATA_SETS[@]}" \
+  env "${fake_gpu[@]}" "$PYTHON" -m cadc_ray.run "$CONFIG" "${DATA_SETS[@]}" \
     --set "name=gpu-check-$device" \
     --set "resources.use_gpu=$use_gpu" \
     --set resources.num_workers=1 \
@@ -117,14 +135,15 @@ run_on gpu
 run_on cpu
 
 # 3. The comparison.
-"$PYTHON" - "$WORKDIR" "$OUT" "$TOLERANCE" "$DATA" "$CONFIG" "$GPU_NAME" <<'PY'
+"$PYTHON" - "$WORKDIR" "$OUT" "$TOLERANCE" "$DATA" "$CONFIG" "$GPU_NAME" "$REHEARSE" <<'PY'
 import json, os, platform, statistics, sys, time
 from pathlib import Path
 
 from cadc_ray.atomic import write_text_atomic
 
-workdir, out, tolerance, data, config, gpu_name = sys.argv[1:7]
+workdir, out, tolerance, data, config, gpu_name, rehearse = sys.argv[1:8]
 tolerance = float(tolerance)
+rehearsal = rehearse == "yes"
 
 
 def steady_rate(history):
@@ -163,9 +182,11 @@ def ratio(key):
 differences = {
     name: runs["gpu"]["test"][name] - runs["cpu"]["test"][name] for name in runs["cpu"]["test"]
 }
-close = all(abs(value) <= tolerance for value in differences.values())
+# A rehearsal computes both runs on the CPU with the same seeds: equal metrics, or a bug.
+close = all(abs(value) <= (0.0 if rehearsal else tolerance) for value in differences.values())
 report = {
     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "rehearsal": rehearsal,
     "gpu": gpu_name,
     "data": data,
     "config": config,
@@ -185,5 +206,7 @@ print(
     file=sys.stderr,
 )
 if not close:
+    if rehearsal:
+        sys.exit("gpu_check: rehearsal: the two CPU-computed runs' test metrics differ")
     sys.exit(f"gpu_check: a test metric differs by more than {tolerance} between GPU and CPU")
 PY

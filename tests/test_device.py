@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -178,6 +179,22 @@ def test_the_wait_bound_is_a_validated_resources_key(tmp_path: Path) -> None:
         load_config(path, ["resources.gpu_wait_seconds=-1"])
 
 
+def test_use_gpu_yes_and_no_mean_themselves_unquoted(tmp_path: Path) -> None:
+    """YAML 1.1 reads unquoted yes/no/on/off as booleans: `use_gpu: yes` in a file and
+    `--set resources.use_gpu=yes` must still mean "yes" (scripts/gpu_check.sh passes it)."""
+    path = tmp_path / "experiment.yaml"
+    path.write_text("method: random\nmodel: {embedding_dim: 8}\nresources: {use_gpu: yes}\n")
+    assert load_config(path).resources.use_gpu == "yes"
+    for typed, meant in (("yes", "yes"), ("no", "no"), ("on", "yes"), ("off", "no")):
+        assert load_config(path, [f"resources.use_gpu={typed}"]).resources.use_gpu == meant
+    assert load_config(path, ["resources.use_gpu=auto"]).resources.use_gpu == "auto"
+    # Other booleans are not a yes/no choice: still refused, naming the field.
+    with pytest.raises(ConfigError, match=r"resources\.in_process: True is not one of"):
+        load_config(path, ["resources.in_process=yes"])
+    with pytest.raises(ConfigError, match=r"resources\.use_gpu: 1 is not one of"):
+        load_config(path, ["resources.use_gpu=1"])
+
+
 # ---------------------------------------------------------------------------------------
 # The worker's device
 
@@ -313,6 +330,43 @@ def test_gpu_check_stops_with_a_clear_message_when_no_gpu_is_visible(tmp_path: P
     assert "Nothing was run." in done.stderr
     assert not out.exists()
     assert not workdir.exists()
+
+
+@pytest.mark.ray
+def test_gpu_check_rehearsal_runs_the_whole_check_on_the_cpu(tmp_path: Path) -> None:
+    """What the first GPU machine will run, end to end, here: the GPU run's Ray advertises a
+    fake GPU, its Train worker is a GPU worker computing on the CPU, and the report compares
+    it with the CPU run. Same device, same seeds: the metrics must be equal."""
+    workdir = tmp_path / "runs"
+    shipped = REPO_ROOT / "benchmarks" / "results" / "gpu_check.json"  # a real GPU's result
+    shipped_before = shipped.read_bytes() if shipped.exists() else None
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("RAY_ADDRESS", None)  # each run starts its own local Ray, as on the GPU machine
+    script = REPO_ROOT / "scripts" / "gpu_check.sh"
+    options = ["--rehearse", "--workdir", str(workdir), "--pretrain-epochs", "2", "--epochs", "2"]
+    done = subprocess.run(
+        ["bash", str(script), *options, "synthetic"],
+        cwd=REPO_ROOT,  # as documented: from the repository (configs/ is relative)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((workdir / "gpu_check_rehearsal.json").read_text())
+    assert report["rehearsal"] is True
+    assert (shipped.read_bytes() if shipped.exists() else None) == shipped_before
+    gpu, cpu = report["runs"]["gpu"], report["runs"]["cpu"]
+    assert (gpu["use_gpu"], cpu["use_gpu"]) == (True, False)
+    assert len(gpu["mf_samples_per_second_by_epoch"]) == 2
+    assert len(gpu["ttnn_samples_per_second_by_epoch"]) == 2
+    assert gpu["mf_samples_per_second"] > 0 and cpu["ttnn_samples_per_second"] > 0
+    assert set(report["test_metric_differences"]) == set(cpu["test"]) != set()
+    assert all(value == 0.0 for value in report["test_metric_differences"].values())
+    assert gpu["test"] == cpu["test"] and gpu["val"] == cpu["val"]
+    assert report["metrics_close"] is True
+    # The GPU worker fell back to the CPU and said so.
+    assert "sees no CUDA device: computing on the CPU" in done.stderr + done.stdout
 
 
 def test_sparse_gradients_need_gloo_when_there_is_a_group(monkeypatch: pytest.MonkeyPatch) -> None:
