@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dense-batches", type=positive_int, default=40)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--object-store-mib",
+        type=positive_int,
+        default=None,
+        help="the local Ray's object store (default: Ray's, 30%% of memory); below the "
+        "streamed rows' size, a stream has to run past the store",
+    )
     # One dense-baseline measurement in a new process (run by the benchmark itself):
     # FOLDER USERS ITEMS, and the allocator setting.
     parser.add_argument("--dense-baseline-of", nargs=3, help=argparse.SUPPRESS)
@@ -623,6 +630,53 @@ def stage_figures(
     }
 
 
+def streamed_bytes(folder: str | Path) -> int:
+    """The bytes a stream moves each epoch: the rows of ``folder``'s Parquet files times the
+    Arrow width of the columns it reads (``ingest.STREAMED_COLUMNS``, fixed-width ints)."""
+    import pyarrow.parquet as pq
+
+    from cadc_ray.runtime.ingest import STREAMED_COLUMNS
+
+    total = 0
+    for path in sorted(Path(folder).rglob("*.parquet")):
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+        row_bytes = sum(schema.field(name).type.bit_width // 8 for name in STREAMED_COLUMNS)
+        total += file.metadata.num_rows * row_bytes
+    return total
+
+
+def object_store_counters() -> dict[str, int] | None:
+    """The running Ray's cumulative object-store counters (what ``ray memory --stats-only``
+    prints): bytes spilled to disk and restored, and the store's current disk fallback.
+    None where Ray's internal API does not answer (it is not a public one)."""
+    import ray
+
+    try:
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        address = ray.get_runtime_context().gcs_address
+        stats = get_memory_info_reply(get_state_from_address(address)).store_stats
+        return {
+            "spilled_bytes": int(stats.spilled_bytes_total),
+            "restored_bytes": int(stats.restored_bytes_total),
+            "fallback_bytes": int(stats.object_store_bytes_fallback),
+        }
+    except Exception:  # a measurement extra: never lose the run over it
+        logger.warning("no object-store counters from this Ray", exc_info=True)
+        return None
+
+
+def counters_delta(
+    before: Mapping[str, int] | None, after: Mapping[str, int] | None
+) -> dict[str, int] | None:
+    """What the cumulative counters grew by (the fallback is a level: its value after)."""
+    if before is None or after is None:
+        return None
+    delta = {key: after[key] - before[key] for key in ("spilled_bytes", "restored_bytes")}
+    return {**delta, "fallback_bytes_after": after["fallback_bytes"]}
+
+
 def train_once(
     config: ExperimentConfig,
     dataset: DatasetInputs,
@@ -735,6 +789,8 @@ def bench_rows(
         "num_items": int(manifest.num_items),
         "train_rows": train_rows,
         "sample_rows": parquet_rows(sample_path),
+        # What a stream moves each epoch: the streamed columns, uncompressed (Arrow's size).
+        "train_streamed_bytes": streamed_bytes(dataset.split.train_dir),
         "evaluated_users_in_split": int(dataset.split.summary()["num_evaluated_users"]),
         "evaluated_users": limit_evaluated_users(dataset.split, args.eval_users),
         "data_stages": [prepare_record, split_record, sample_record],
@@ -754,6 +810,7 @@ def bench_rows(
             config = experiment_config(rows, workers, ingest, work, args)
             storage = work / f"train-{rows}-w{workers}-{ingest}"
             logger.info("rows %d: training on %d workers, ingest %s", rows, workers, ingest)
+            store_before = object_store_counters()
             try:
                 trained = train_once(config, dataset, train_rows, run["sample_rows"], storage)
             except Exception as error:  # one failed configuration must not lose the others
@@ -762,6 +819,8 @@ def bench_rows(
             else:
                 teacher_tables = trained.pop("teacher").tables
                 record.update(trained)
+            # Both stages: what the object store spilled to disk while they ran.
+            record["object_store"] = counters_delta(store_before, object_store_counters())
             shutil.rmtree(storage, ignore_errors=True)
             save()
     run["driver_maxrss_mib_before_baselines"] = (
@@ -831,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     started_ray = init_ray(
         resources=ResourcesConfig(num_workers=max(args.workers), cpus_per_worker=1),
         include_dashboard=False,
+        object_store_bytes=None if args.object_store_mib is None else args.object_store_mib << 20,
     )
     work = Path(tempfile.mkdtemp(prefix="bench_scale-", dir=args.work_dir))
     results: dict[str, Any] = {
@@ -842,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average_before": load_before,
         "machine": machine_info(int(ray.cluster_resources().get("CPU", 0))),
+        "object_store_bytes": int(ray.cluster_resources().get("object_store_memory", 0)),
         "settings": {
             key: str(value) if isinstance(value, Path) else value
             for key, value in vars(args).items()

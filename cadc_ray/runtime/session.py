@@ -175,6 +175,7 @@ def init_ray(
     resources: ResourcesConfig | None = None,
     include_dashboard: bool | None = None,
     log_to_driver: bool = True,
+    object_store_bytes: int | None = None,
 ) -> bool:
     """Connects to a Ray cluster, or starts a local one sized so Ray Data is never starved.
 
@@ -183,6 +184,9 @@ def init_ray(
     ``"ray://head:10001"``. Without either, a new local Ray starts with
     :func:`local_ray_cpus` logical CPUs. A session that is already initialized is kept as
     it is.
+
+    ``object_store_bytes``: the local Ray's object store (default: Ray's, 30% of memory);
+    refused for an existing cluster, whose store was sized when it started.
 
     Returns True when this call started or connected Ray (the caller should
     ``ray.shutdown()`` at the end), False when Ray was already initialized.
@@ -197,9 +201,16 @@ def init_ray(
     if include_dashboard is not None:
         options["include_dashboard"] = include_dashboard
     if target is not None:
+        if object_store_bytes is not None:
+            raise ValueError(
+                f"object_store_bytes={object_store_bytes}: the Ray cluster at {target} sized "
+                "its object store when it started"
+            )
         logger.info("connecting to the Ray cluster at %s", target)
         ray.init(address=target, **options)
         return True
+    if object_store_bytes is not None:
+        options["object_store_memory"] = object_store_bytes
     num_cpus = local_ray_cpus(resources or ResourcesConfig())
     logger.info("starting a local Ray with %d logical CPUs", num_cpus)
     # address="local": never attach silently to some other local cluster on a shared machine.
