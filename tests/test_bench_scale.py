@@ -51,6 +51,7 @@ def bench() -> ModuleType:
         ),
         (["--catalogue", "1000", "5"], "--catalogue: 5 items; at least 6"),
         (["--catalogue", "1000"], "expected 2 arguments"),
+        (["--object-store-mib", "0"], "must be >= 1"),
     ],
 )
 def test_bad_arguments_fail_with_a_message(
@@ -262,3 +263,33 @@ def test_evaluated_users_are_limited_to_the_same_users_in_both_files(
     np.testing.assert_array_equal(val, test)
     assert val.size == 50 and val[0] == 0 and val[-1] == 299  # spread over all users
     assert bench.limit_evaluated_users(split, 100) == 50  # already within the bound
+
+
+def test_streamed_bytes_are_the_streamed_columns_arrow_width_times_the_rows(
+    bench: ModuleType, prepared: Path, tmp_path: Path
+) -> None:
+    counts = bench.baseline_split(prepared, tmp_path / "split")
+    train = tmp_path / "split" / "train.parquet"
+    folder = tmp_path / "train"
+    folder.mkdir()
+    table = pq.read_table(train)
+    # Two files and an unstreamed column: only user_id and item_id count, 8 bytes each.
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), folder / "part-0.parquet")
+    pq.write_table(table.slice(half), folder / "part-1.parquet")
+    assert {"user_id", "item_id", "row_index", "timestamp"} <= set(table.column_names)
+    assert bench.streamed_bytes(folder) == counts["train_rows"] * 16
+
+
+def test_store_counters_delta_grows_by_the_spill_and_keeps_the_fallback_level(
+    bench: ModuleType,
+) -> None:
+    before = {"spilled_bytes": 100, "restored_bytes": 40, "fallback_bytes": 7}
+    after = {"spilled_bytes": 350, "restored_bytes": 40, "fallback_bytes": 0}
+    assert bench.counters_delta(before, after) == {
+        "spilled_bytes": 250,
+        "restored_bytes": 0,
+        "fallback_bytes_after": 0,
+    }
+    assert bench.counters_delta(None, after) is None
+    assert bench.counters_delta(before, None) is None
