@@ -8,12 +8,13 @@
 #   scripts/gpu_check.sh ../shared/data/ml-1m
 #   scripts/gpu_check.sh synthetic --pretrain-epochs 5 --epochs 5
 #
-# DATA: a MovieLens-1M folder (ratings.dat, users.dat, movies.dat) or `synthetic`
-# (the embedded generator, configs/synthetic.yaml). Default: $CADC_DATA_DIR/ml-1m when it
-# holds ratings.dat, else synthetic.
+# DATA: a MovieLens-1M folder (ratings.dat or ratings*.dat[.gz], users.dat, movies.dat) or
+# `synthetic` (the embedded generator, configs/synthetic.yaml). Default:
+# ${CADC_DATA_DIR:-../shared/data}/ml-1m when it holds a ratings file, else synthetic.
 #
 # What it does, in order:
-#   1. stops with exit status 3 unless torch here sees a CUDA device (before any data work);
+#   1. checks DATA (exit status 2 with the reason), then stops with exit status 3 unless
+#      torch here sees a CUDA device (before any data work);
 #   2. `python -m cadc_ray.run CONFIG --set resources.use_gpu=yes --set resources.num_workers=1`
 #      (one Train worker on the GPU; `yes` fails instead of silently training on the CPU),
 #      then the same run with use_gpu=no; each run starts its own local Ray;
@@ -83,7 +84,40 @@ if [ -z "$OUT" ]; then
   if [ "$REHEARSE" = yes ]; then OUT=$WORKDIR/gpu_check_rehearsal.json; else OUT=benchmarks/results/gpu_check.json; fi
 fi
 
-# 1. A GPU, or nothing else happens.
+# 1. The dataset and its config, checked before anything else.
+check_ratings() {  # the product's own lookup (ratings.dat, .dat.gz, ratings*.dat[.gz]):
+  # silent when the folder $1 holds one ratings file, else the reason on stderr, status 1
+  "$PYTHON" -c '
+import sys
+from pathlib import Path
+from cadc_ray.data.readers.movielens import find_ratings_file
+try:
+    find_ratings_file(Path(sys.argv[1]))
+except Exception as error:
+    sys.exit(str(error))
+' "$1"
+}
+if [ -z "$DATA" ]; then
+  DEFAULT_ML1M=${CADC_DATA_DIR:-$REPO_ROOT/../shared/data}/ml-1m
+  if [ -d "$DEFAULT_ML1M" ] && check_ratings "$DEFAULT_ML1M" 2>/dev/null; then
+    DATA=$DEFAULT_ML1M
+  else
+    DATA=synthetic
+  fi
+fi
+if [ "$DATA" = synthetic ]; then
+  CONFIG=configs/synthetic.yaml
+  DATA_SETS=()
+else
+  [ -d "$DATA" ] || die "$DATA is not a folder (expected a MovieLens-1M folder, or 'synthetic')"
+  PROBLEM=$(check_ratings "$DATA" 2>&1) \
+    || die "$(tail -n 1 <<<"$PROBLEM") (expected a MovieLens-1M folder, or 'synthetic')"
+  CONFIG=configs/ml-1m.yaml
+  DATA_SETS=(--set "data.path=$(cd "$DATA" && pwd)")
+fi
+echo "gpu_check: data $DATA ($CONFIG)" >&2
+
+# 2. A GPU, or nothing is run.
 PROBE_ERRORS=$(mktemp)
 trap 'rm -f "$PROBE_ERRORS"' EXIT
 if [ "$REHEARSE" = yes ]; then
@@ -100,20 +134,7 @@ print(torch.cuda.get_device_name(0))
   exit 3
 fi
 
-# 2. The dataset and its config.
-if [ -z "$DATA" ]; then
-  DEFAULT_ML1M=${CADC_DATA_DIR:-$REPO_ROOT/../shared/data}/ml-1m
-  if [ -f "$DEFAULT_ML1M/ratings.dat" ]; then DATA=$DEFAULT_ML1M; else DATA=synthetic; fi
-fi
-if [ "$DATA" = synthetic ]; then
-  CONFIG=configs/synthetic.yaml
-  DATA_SETS=()
-else
-  [ -f "$DATA/ratings.dat" ] || die "no ratings.dat in $DATA (expected a MovieLens-1M folder, or 'synthetic')"
-  CONFIG=configs/ml-1m.yaml
-  DATA_SETS=(--set "data.path=$(cd "$DATA" && pwd)")
-fi
-echo "gpu_check: $GPU_NAME; data $DATA ($CONFIG), MF $PRETRAIN_EPOCHS + TTNN $EPOCHS epochs" >&2
+echo "gpu_check: $GPU_NAME; MF $PRETRAIN_EPOCHS + TTNN $EPOCHS epochs" >&2
 
 run_on() {  # run_on gpu|cpu
   local device=$1 use_gpu=no

@@ -332,6 +332,48 @@ def test_gpu_check_stops_with_a_clear_message_when_no_gpu_is_visible(tmp_path: P
     assert not workdir.exists()
 
 
+def _gpu_check(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/gpu_check.sh where no CUDA device is visible, even on a GPU machine."""
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), *args],
+        cwd=cwd,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_gpu_check_finds_movielens_as_the_product_does(tmp_path: Path) -> None:
+    """The shared ML-1M copy holds ``ratings_subset_users1-2999.dat.gz``, not ratings.dat: the
+    script must take it (explicitly and by default) and refuse a folder without ratings,
+    before it looks for a GPU."""
+    ml1m = tmp_path / "data" / "ml-1m"
+    ml1m.mkdir(parents=True)
+    (ml1m / "ratings_subset_users1-2999.dat.gz").write_bytes(b"")
+    workdir = ["--workdir", str(tmp_path / "runs")]
+    for done in (
+        _gpu_check([*workdir, str(ml1m)], tmp_path),
+        _gpu_check(workdir, tmp_path, CADC_DATA_DIR=str(tmp_path / "data")),
+    ):
+        assert done.returncode == 3, done.stderr  # the data is fine; no GPU here
+        assert f"data {ml1m} (configs/ml-1m.yaml)" in done.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = _gpu_check(workdir, tmp_path, CADC_DATA_DIR=str(tmp_path / "nowhere"))
+    assert "data synthetic (configs/synthetic.yaml)" in done.stderr
+    done = _gpu_check([*workdir, str(empty)], tmp_path)
+    assert done.returncode == 2
+    assert f"{empty}: no ratings.dat, ratings.dat.gz or ratings*.dat[.gz] file found" in (
+        done.stderr
+    )
+    assert "no GPU visible" not in done.stderr  # refused before the probe
+    done = _gpu_check([*workdir, str(tmp_path / "missing")], tmp_path)
+    assert done.returncode == 2
+    assert "missing is not a folder" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.ray
 def test_gpu_check_rehearsal_runs_the_whole_check_on_the_cpu(tmp_path: Path) -> None:
     """What the first GPU machine will run, end to end, here: the GPU run's Ray advertises a
