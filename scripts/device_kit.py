@@ -24,7 +24,6 @@ environment it is built from changes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -153,10 +151,6 @@ def to_carry(closure: Mapping[str, str]) -> dict[str, str]:
         for name, version in sorted(closure.items())
         if name not in ON_THE_IMAGE and name not in NEVER_CARRIED and not name.startswith("nvidia-")
     }
-
-
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def without_parts(wheel: Path, prefixes: tuple[str, ...]) -> int:

@@ -312,36 +312,35 @@ def test_the_torch_config_lets_the_started_workers_choose_the_backend(
 # scripts/gpu_check.sh
 
 
-def test_gpu_check_stops_with_a_clear_message_when_no_gpu_is_visible(tmp_path: Path) -> None:
-    out, workdir = tmp_path / "gpu_check.json", tmp_path / "runs"
-    # No CUDA device visible, even on a GPU machine.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
-    script = REPO_ROOT / "scripts" / "gpu_check.sh"
-    done = subprocess.run(
-        ["bash", str(script), "--out", str(out), "--workdir", str(workdir), "synthetic"],
-        cwd=tmp_path,
-        env=env,
+def _gpu_check(
+    args: list[str], cwd: Path, timeout: int = 300, hide_gpus: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """scripts/gpu_check.sh with no RAY_ADDRESS (each of its runs starts its own local Ray,
+    as on the GPU machine) and, with ``hide_gpus``, no CUDA device visible even on a GPU
+    machine (a rehearsal cannot hide them: Ray refuses a fake GPU with
+    ``CUDA_VISIBLE_DEVICES`` empty)."""
+    environment = {**os.environ, "PYTHON": sys.executable, **env}
+    if hide_gpus:
+        environment["CUDA_VISIBLE_DEVICES"] = ""
+    environment.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), *args],
+        cwd=cwd,
+        env=environment,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def test_gpu_check_stops_with_a_clear_message_when_no_gpu_is_visible(tmp_path: Path) -> None:
+    out, workdir = tmp_path / "gpu_check.json", tmp_path / "runs"
+    done = _gpu_check(["--out", str(out), "--workdir", str(workdir), "synthetic"], tmp_path)
     assert done.returncode == 3, done.stderr
     assert "no GPU visible here" in done.stderr
     assert "Nothing was run." in done.stderr
     assert not out.exists()
     assert not workdir.exists()
-
-
-def _gpu_check(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """scripts/gpu_check.sh where no CUDA device is visible, even on a GPU machine."""
-    return subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), *args],
-        cwd=cwd,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_gpu_check_finds_movielens_as_the_product_does(tmp_path: Path) -> None:
@@ -382,18 +381,9 @@ def test_gpu_check_rehearsal_runs_the_whole_check_on_the_cpu(tmp_path: Path) -> 
     workdir = tmp_path / "runs"
     shipped = REPO_ROOT / "benchmarks" / "results" / "gpu_check.json"  # a real GPU's result
     shipped_before = shipped.read_bytes() if shipped.exists() else None
-    env = {**os.environ, "PYTHON": sys.executable}
-    env.pop("RAY_ADDRESS", None)  # each run starts its own local Ray, as on the GPU machine
-    script = REPO_ROOT / "scripts" / "gpu_check.sh"
     options = ["--rehearse", "--workdir", str(workdir), "--pretrain-epochs", "2", "--epochs", "2"]
-    done = subprocess.run(
-        ["bash", str(script), *options, "synthetic"],
-        cwd=REPO_ROOT,  # as documented: from the repository (configs/ is relative)
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # From the repository, as documented (configs/ is relative).
+    done = _gpu_check([*options, "synthetic"], REPO_ROOT, timeout=600, hide_gpus=False)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads((workdir / "gpu_check_rehearsal.json").read_text())
     assert report["rehearsal"] is True
