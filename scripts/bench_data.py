@@ -199,9 +199,70 @@ def git_commit() -> str | None:
     return f"{head} (uncommitted changes)" if dirty else head
 
 
+REFERENCE_TABLE_ROWS, REFERENCE_ROW_WIDTH, REFERENCE_GATHERED_ROWS = 20_000, 96, 40_960
+"""The gather probe: the 10^6-row MF benchmark's user table, and one MF batch's item rows
+(8192 positives x (1 + 4 negatives))."""
+
+REFERENCE_GEMM_SIZE = 512
+"""The GEMM probe: a 512 x 512 by 512 x 512 float32 product."""
+
+
+def speed_reference(repeats: int = 15) -> dict[str, float]:
+    """How fast this machine is now at the two kinds of work our benchmarks time.
+
+    The probes run on one torch thread and keep the best of ``repeats`` (about 0.3 s in all):
+
+    - ``gather_gb_per_s``: ``index_select`` of 40,960 random rows of 96 float32 from a
+      20,000-row table. This is memory bound, like the fused MF step, which is mostly
+      gathers and scatters.
+    - ``gemm_gflop_per_s``: a 512^3 float32 matrix product. This is compute bound, like
+      the TTNN's towers.
+
+    Why: on the shared 2-core machine the same code measured 1.9-4.0x slower on one day
+    than on another, with nothing else running (docs/results.md, "The same benchmark, the
+    same code, another day"). The load average does not show that. A benchmark records
+    this probe before and after its work. Then two runs on different days can be told
+    apart: did the code change, or the machine? The torch thread count is restored.
+    """
+    import torch
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    threads = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    table = torch.rand((REFERENCE_TABLE_ROWS, REFERENCE_ROW_WIDTH), generator=generator)
+    rows = torch.randint(0, REFERENCE_TABLE_ROWS, (REFERENCE_GATHERED_ROWS,), generator=generator)
+    left, right = (
+        torch.rand((REFERENCE_GEMM_SIZE, REFERENCE_GEMM_SIZE), generator=generator)
+        for _ in range(2)
+    )
+    # Written into buffers allocated once: a fresh 15.7 MB result per call would time how
+    # glibc's malloc serves it (fresh pages at first, reused ones once its threshold adapts).
+    gathered = table.new_empty((REFERENCE_GATHERED_ROWS, REFERENCE_ROW_WIDTH))
+    product = left.new_empty((REFERENCE_GEMM_SIZE, REFERENCE_GEMM_SIZE))
+    gather_seconds, gemm_seconds = [], []
+    torch.set_num_threads(1)
+    try:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.index_select(table, 0, rows, out=gathered)
+            gather_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            torch.mm(left, right, out=product)
+            gemm_seconds.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    gathered_bytes = REFERENCE_GATHERED_ROWS * REFERENCE_ROW_WIDTH * table.element_size()
+    return {
+        "gather_gb_per_s": round(gathered_bytes / min(gather_seconds) / 1e9, 3),
+        "gemm_gflop_per_s": round(2 * REFERENCE_GEMM_SIZE**3 / min(gemm_seconds) / 1e9, 2),
+    }
+
+
 def torch_bench_header(benchmark: str, load_before: tuple[float, ...]) -> dict[str, Any]:
     """What a single-process torch benchmark's JSON opens with: name, commit, date, machine,
-    torch, and the load average before (given, taken before the work) and now."""
+    torch, the load average before (given, taken before the work) and now, and the machine's
+    ``speed_reference`` now (the header is written after the work)."""
     import torch
 
     return {
@@ -211,6 +272,7 @@ def torch_bench_header(benchmark: str, load_before: tuple[float, ...]) -> dict[s
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "speed_reference_after": speed_reference(),
         "torch": torch.__version__,
     }
 

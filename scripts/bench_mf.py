@@ -11,8 +11,9 @@ Measured in one process, interleaved, so that the ratios hold on a shared machin
   old (flat pairs, each user repeated 1+K times) against new ((B, 1+K) candidate lists);
 - full-ranking seconds on the ML-1M subset (MF scores; masks from the memory-mapped
   known-positives index and from an in-memory CSR).
-Results go to ``benchmarks/results/bench_mf.json`` (atomically) with the load average, torch
-threads and versions. ``--rows 20000 --batches 3`` is a smoke run of a few seconds.
+Results go to ``benchmarks/results/bench_mf.json`` (atomically) with the load average, the
+machine's speed reference before and after (``bench_data.speed_reference``), torch threads
+and versions. ``--rows 20000 --batches 3`` is a smoke run of a few seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_data import speed_reference  # scripts/ is on sys.path
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
@@ -297,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
+        "speed_reference_before": speed_reference(),
         "mf_synthetic": bench_mf(synthetic_users, synthetic_items, num_users, num_items, args),
         "ttnn": bench_ttnn(args),
     }
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ml1m = load_ml1m_subset(data_dir)
     report["ml1m_subset"] = None if ml1m is None else bench_ml1m(ml1m, args)
     report["load_average_after"] = os.getloadavg()
+    report["speed_reference_after"] = speed_reference()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

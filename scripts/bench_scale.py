@@ -59,7 +59,14 @@ import numpy as np
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import SHARD_ROWS, _stage, git_commit, machine_info, synthetic_catalogue
+from bench_data import (
+    SHARD_ROWS,
+    _stage,
+    git_commit,
+    machine_info,
+    speed_reference,
+    synthetic_catalogue,
+)
 from bench_mf import bench_mf
 
 from cadc_ray.atomic import write_atomic, write_text_atomic
@@ -887,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     from cadc_ray.runtime.session import init_ray
 
     load_before = os.getloadavg()
+    reference_before = speed_reference()  # before Ray's processes start
     started_ray = init_ray(
         resources=ResourcesConfig(num_workers=max(args.workers), cpus_per_worker=1),
         include_dashboard=False,
@@ -901,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average_before": load_before,
+        "speed_reference_before": reference_before,
         "machine": machine_info(int(ray.cluster_resources().get("CPU", 0))),
         "object_store_bytes": int(ray.cluster_resources().get("object_store_memory", 0)),
         "settings": {
@@ -932,6 +941,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results["driver_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["load_average_after"] = os.getloadavg()
+    results["speed_reference_after"] = speed_reference()
     save()
     print(json.dumps(results["summary"], indent=2))
     return 1 if failed else 0

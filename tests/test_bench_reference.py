@@ -1,0 +1,58 @@
+"""``bench_data.speed_reference``: the machine's speed at a gather and a GEMM, recorded by the
+benchmarks next to the load average so that two days' numbers can be compared."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from conftest import load_script
+
+
+def test_both_probes_measured_on_one_thread_and_the_thread_count_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench_data = load_script("bench_data")
+    before = torch.get_num_threads()
+    threads_seen: list[int] = []
+    real_mm = torch.mm
+
+    def counting_mm(left: torch.Tensor, right: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        threads_seen.append(torch.get_num_threads())
+        return real_mm(left, right, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", counting_mm)
+    torch.set_num_threads(2)
+    try:
+        reference = bench_data.speed_reference(repeats=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert threads_seen == [1, 1, 1]
+    assert set(reference) == {"gather_gb_per_s", "gemm_gflop_per_s"}
+    assert all(math.isfinite(value) and value > 0 for value in reference.values())
+
+
+def test_a_failing_probe_still_restores_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_data = load_script("bench_data")
+    before = torch.get_num_threads()
+
+    def failing_mm(left: torch.Tensor, right: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("probe failed")
+
+    monkeypatch.setattr(torch, "mm", failing_mm)
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="probe failed"):
+            bench_data.speed_reference(repeats=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_no_repeats_is_refused_before_any_work() -> None:
+    bench_data = load_script("bench_data")
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        bench_data.speed_reference(repeats=0)
