@@ -220,9 +220,10 @@ def speed_reference(repeats: int = 15) -> dict[str, float]:
 
     Why: on the shared 2-core machine the same code measured 1.9-4.0x slower on one day
     than on another, with nothing else running (docs/results.md, "The same benchmark, the
-    same code, another day"). The load average does not show that. A benchmark records
-    this probe before and after its work. Then two runs on different days can be told
-    apart: did the code change, or the machine? The torch thread count is restored.
+    same code, another day"), and the load average does not show it. A benchmark records
+    this probe before and after its work, a coarse sign of the state the machine was in:
+    its speed also moves within minutes, so one probe does not predict the next seconds
+    of work. The torch thread count is restored.
     """
     import torch
 
