@@ -210,7 +210,8 @@ REFERENCE_GEMM_SIZE = 512
 def speed_reference(repeats: int = 15) -> dict[str, float]:
     """How fast this machine is now at the two kinds of work our benchmarks time.
 
-    The probes run on one torch thread and keep the best of ``repeats`` (about 0.3 s in all):
+    The probes run on one torch thread and keep the best of ``repeats`` (0.1 s in all on
+    the 2-core machine, torch already imported):
 
     - ``gather_gb_per_s``: ``index_select`` of 40,960 random rows of 96 float32 from a
       20,000-row table. This is memory bound, like the fused MF step, which is mostly

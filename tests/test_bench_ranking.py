@@ -25,7 +25,7 @@ def test_tiny_run_writes_every_scorer_and_residual_starts_as_the_teacher(tmp_pat
         assert results["residual"][metric] == results["mf_teacher_alone"][metric]
     assert results["residual"]["hr@10000"] == 1.0  # 700 items: every rank is below 10,000
     assert report["shape"]["eval_users"] == 50
-    # The machine's speed after the work, for comparing runs of different days.
+    # The machine's speed after the work (bench_data.speed_reference).
     assert set(report["speed_reference_after"]) == {"gather_gb_per_s", "gemm_gflop_per_s"}
     assert list(tmp_path.iterdir()) == [output]  # written atomically, no temp file left
 

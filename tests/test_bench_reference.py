@@ -1,5 +1,5 @@
 """``bench_data.speed_reference``: the machine's speed at a gather and a GEMM, recorded by the
-benchmarks next to the load average so that two days' numbers can be compared."""
+benchmarks next to the load average as a coarse sign of the state the machine was in."""
 
 from __future__ import annotations
 
