@@ -227,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ml1m is not None and not args.ml1m.is_dir():
         parser.error(f"--ml1m: {args.ml1m} is not a folder")
-    installed = _installed_requires("cadc_ray")
-    if not installed:
+    requirements = _installed_requires("cadc_ray")  # its Requires-Dist lines
+    if not requirements:
         parser.error("cadc_ray is not installed in this environment (bash scripts/setup.sh)")
-    roots = gpu_check_roots(installed)
+    roots = gpu_check_roots(requirements)
     carried = to_carry(runtime_closure(roots, _installed_requires, _installed_version))
     staging = Path(tempfile.mkdtemp(prefix=".device_kit-", dir=args.out.parent))
     try:
