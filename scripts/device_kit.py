@@ -74,6 +74,7 @@ NEVER_CARRIED = frozenset(
 ROOTS_LEFT_OUT = {
     "optuna": "sweeps only (python -m cadc_ray.sweep)",
     "implicit": "the ALS pretrainer only (CADC-ALS)",
+    "threadpoolctl": "the ALS pretrainer only (CADC-ALS)",
 }
 """cadc_ray's requirements that ``python -m cadc_ray.run`` with MF never imports."""
 
