@@ -40,6 +40,9 @@ if [ -z "$VENV" ]; then
   if [ "$LOWEST" = yes ]; then VENV=.venv-lowest; else VENV=.venv-check; fi
 fi
 command -v "$PYTHON" >/dev/null || die "no interpreter '$PYTHON' on PATH"
+# A pyenv shim is on PATH even for a version it does not activate; it fails when run.
+"$PYTHON" -c 'import sys' 2>/dev/null \
+  || die "'$PYTHON' does not run (a pyenv shim? pass --python with the interpreter's path)"
 [ "$VENV" != ".venv" ] || die "--venv .venv is the development environment; name another folder"
 
 rm -rf "$VENV"

@@ -72,6 +72,7 @@ def test_the_lowest_check_builds_with_the_oldest_python_declared() -> None:
         (["--frobnicate"], "unknown option --frobnicate"),
         (["--python"], "--python needs a value"),
         (["--lowest", "--python", "no-such-python3"], "no interpreter 'no-such-python3' on PATH"),
+        (["--python", "false"], "'false' does not run"),  # as a pyenv shim of no active version
         (["--venv", ".venv"], "--venv .venv is the development environment"),
     ],
 )
