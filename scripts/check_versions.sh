@@ -13,7 +13,8 @@
 #   --lowest        pin every run-time requirement at its floor (scripts/lowest_constraints.py)
 #                   and default --python to python3.10, the oldest requires-python admits
 #   --python P      the interpreter to build the environment with (default python3)
-#   --venv DIR      where (default .venv-lowest, or .venv-check); made anew every run
+#   --venv DIR      where (default .venv-lowest, or .venv-check); made anew every run (a
+#                   folder there that is not a virtual environment is refused, not removed)
 # The environment's pip freeze is left in DIR/freeze.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,10 +44,15 @@ command -v "$PYTHON" >/dev/null || die "no interpreter '$PYTHON' on PATH"
 # A pyenv shim is on PATH even for a version it does not activate; it fails when run.
 "$PYTHON" -c 'import sys' 2>/dev/null \
   || die "'$PYTHON' does not run (a pyenv shim? pass --python with the interpreter's path)"
-[ "$VENV" != ".venv" ] || die "--venv .venv is the development environment; name another folder"
+[ "$(realpath -m "$VENV")" != "$(realpath -m .venv)" ] \
+  || die "--venv $VENV is the development environment; name another folder"
+# Made anew, so removed first: only a folder that is a virtual environment.
+[ ! -e "$VENV" ] || [ -f "$VENV/pyvenv.cfg" ] \
+  || die "$VENV exists and is not a virtual environment (no pyvenv.cfg): not removing it"
 
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
+VENV=$(cd "$VENV" && pwd) # absolute: pip and setup.sh get it
 "$VENV/bin/python" -m pip install -q --upgrade pip packaging
 if [ "$LOWEST" = yes ]; then
   "$VENV/bin/python" -c 'import tomllib' 2>/dev/null || "$VENV/bin/python" -m pip install -q tomli
@@ -54,7 +60,7 @@ if [ "$LOWEST" = yes ]; then
   echo "check_versions: pinned at the floors:" $(cat "$VENV/lowest-constraints.txt") >&2
   # pip reads PIP_CONSTRAINT (it replaces any constraint file of pip's own configuration);
   # torch comes from the pins too, not from setup.sh's CPU build of the newest release.
-  export PIP_CONSTRAINT="$PWD/$VENV/lowest-constraints.txt" CADC_TORCH=skip
+  export PIP_CONSTRAINT="$VENV/lowest-constraints.txt" CADC_TORCH=skip
 fi
 VENV="$VENV" PYTHON="$PYTHON" bash scripts/setup.sh
 "$VENV/bin/python" -m pip freeze --exclude-editable >"$VENV/freeze.txt"

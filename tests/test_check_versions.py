@@ -74,6 +74,7 @@ def test_the_lowest_check_builds_with_the_oldest_python_declared() -> None:
         (["--lowest", "--python", "no-such-python3"], "no interpreter 'no-such-python3' on PATH"),
         (["--python", "false"], "'false' does not run"),  # as a pyenv shim of no active version
         (["--venv", ".venv"], "--venv .venv is the development environment"),
+        (["--venv", "./.venv/"], "--venv ./.venv/ is the development environment"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_environment_is_made(
@@ -84,3 +85,12 @@ def test_bad_arguments_are_refused_before_any_environment_is_made(
     done = run_bash_script(CHECK, args, dict(os.environ), timeout=60)
     assert done.returncode == 2 and message in done.stderr
     assert (development.stat().st_mtime_ns if development.exists() else None) == before
+
+
+def test_a_folder_that_is_not_a_virtual_environment_is_never_removed(tmp_path: Path) -> None:
+    kept = tmp_path / "notes.txt"
+    kept.write_text("mine", encoding="utf-8")
+    done = run_bash_script(CHECK, ["--venv", str(tmp_path)], dict(os.environ), timeout=60)
+    assert done.returncode == 2
+    assert f"{tmp_path} exists and is not a virtual environment" in done.stderr
+    assert kept.read_text(encoding="utf-8") == "mine"
