@@ -2,8 +2,8 @@
 # Installs cadc_ray into a new virtual environment, with another Python or with every
 # run-time dependency at the floor pyproject.toml declares, and runs the tests there.
 # CI tests one corner (scripts/setup.sh: Python 3.11, the newest releases); this checks the
-# others. Not part of CI: the lowest set takes torch 2.4 from PyPI, a CUDA build of about
-# 3 GB (docs/versions.md has what ran and what it found).
+# others. Not part of CI: the lowest set takes torch 2.4 from PyPI, a CUDA build (its
+# environment measured 5.9 GB; docs/versions.md has what ran and what it found).
 #
 #   bash scripts/check_versions.sh --lowest                # the oldest Python, every floor
 #   bash scripts/check_versions.sh --python python3.13     # another Python, newest releases

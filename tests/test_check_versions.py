@@ -1,5 +1,6 @@
 """scripts/check_versions.sh and scripts/lowest_constraints.py: the floors we declare are
-the versions the lowest check installs (the check itself downloads GBs: docs/versions.md)."""
+the versions the lowest check installs (the check itself builds a 5.9 GB environment:
+docs/versions.md)."""
 
 from __future__ import annotations
 
