@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,17 @@ def test_the_lowest_check_builds_with_the_oldest_python_declared() -> None:
     assert oldest is not None and oldest.group(1) == f"python{requires_python[2:]}"
 
 
+@pytest.fixture
+def checkout_copy(tmp_path: Path) -> Path:
+    """A copy of the script in a folder of its own, beside a stand-in development ``.venv``:
+    were a refusal to break, the script would remove and rebuild that one, not the real."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(CHECK, tmp_path / "scripts" / CHECK.name)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = stand-in\n", encoding="utf-8")
+    return tmp_path
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -79,19 +91,25 @@ def test_the_lowest_check_builds_with_the_oldest_python_declared() -> None:
     ],
 )
 def test_bad_arguments_are_refused_before_any_environment_is_made(
-    args: list[str], message: str
+    checkout_copy: Path, args: list[str], message: str
 ) -> None:
-    development = REPO_ROOT / ".venv" / "pyvenv.cfg"
-    before = development.stat().st_mtime_ns if development.exists() else None
-    done = run_bash_script(CHECK, args, dict(os.environ), timeout=60)
+    script = checkout_copy / "scripts" / CHECK.name
+    done = run_bash_script(script, args, dict(os.environ), cwd=checkout_copy, timeout=60)
     assert done.returncode == 2 and message in done.stderr
-    assert (development.stat().st_mtime_ns if development.exists() else None) == before
+    assert sorted(path.name for path in checkout_copy.iterdir()) == [".venv", "scripts"]
+    assert (checkout_copy / ".venv" / "pyvenv.cfg").read_text(encoding="utf-8") == (
+        "home = stand-in\n"
+    )
 
 
-def test_a_folder_that_is_not_a_virtual_environment_is_never_removed(tmp_path: Path) -> None:
-    kept = tmp_path / "notes.txt"
+def test_a_folder_that_is_not_a_virtual_environment_is_never_removed(
+    checkout_copy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.mktemp("not-a-venv")
+    kept = folder / "notes.txt"
     kept.write_text("mine", encoding="utf-8")
-    done = run_bash_script(CHECK, ["--venv", str(tmp_path)], dict(os.environ), timeout=60)
+    script = checkout_copy / "scripts" / CHECK.name
+    done = run_bash_script(script, ["--venv", str(folder)], dict(os.environ), timeout=60)
     assert done.returncode == 2
-    assert f"{tmp_path} exists and is not a virtual environment" in done.stderr
+    assert f"{folder} exists and is not a virtual environment" in done.stderr
     assert kept.read_text(encoding="utf-8") == "mine"
