@@ -91,8 +91,8 @@ class InMemoryRows:
         if self.num_rows < worker.world_size:
             raise ValueError(f"{self.num_rows} training rows for {worker.world_size} workers")
         for rows in epoch_batches(self.num_rows, global_batch_size, seed, epoch, worker):
-            # index_select, not ``t[rows]``: the same rows, 1.6-3.6x faster on a CPU (an
-            # ML-1M MF epoch's 60 batches of 8,192: 2.0-7.0 ms against 5.6-23.3 ms, 5 runs).
+            # index_select, not ``t[rows]``: the same rows, 1.4-3.6x faster on a CPU (an
+            # ML-1M MF epoch's 60 batches of 8,192: 2.0-7.0 ms against 5.6-23.3 ms, 6 runs).
             yield self.users.index_select(0, rows), self.items.index_select(0, rows)
 
     def rows_last_epoch(self, worker: WorkerInfo) -> int:
