@@ -466,16 +466,17 @@ def _allocate_free_again(mode: str, **env: str) -> tuple[str, int, int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_tuned_allocator_keeps_a_steps_freed_memory_for_the_next_step() -> None:
     mib = 1 << 20
-    # glibc's defaults: a tensor of a few MiB is its own mmap, unmapped when freed (or a
-    # piece of a heap top that is trimmed), so every step's tensors fault in all their pages
-    # again (8 x 4 MiB: 7,136-8,160 faults a step here, with torch 2.4 and 2.13; 16,320 for the
-    # two steps).
-    tuned, mapped, default_faults = _allocate_free_again("default")
-    assert tuned == "False" and mapped >= 8 * 4 * mib and default_faults >= 2 * 7_000
-    # Tuned: they come from the heap, which keeps them when they are freed (0 faults in 4
-    # runs with each torch).
+    # glibc's defaults: a tensor of a few MiB is first its own mmap. Whether later steps
+    # fault its pages in again depends on how glibc's own threshold adapts: 16,320 faults
+    # over the 4th and 5th steps here (torch 2.4 and 2.13), but 0 on the CI machine
+    # (2026-12-02). So only the first step's mmaps are the contrast asserted here.
+    tuned, mapped, _ = _allocate_free_again("default")
+    assert tuned == "False" and mapped >= 8 * 4 * mib
+    # Tuned: they come from the heap, which keeps them when they are freed, so the steady
+    # state faults in (almost) nothing: 0 in 4 runs with each torch. The bound is one
+    # tensor's pages, against 2 x 8 x 1,024 if every page faulted again.
     tuned, mapped, faults = _allocate_free_again("tuned")
-    assert tuned == "True" and mapped == 0 and faults <= default_faults // 2
+    assert tuned == "True" and mapped == 0 and faults <= 1_024
     # The user's own glibc settings win: nothing is changed then.
     tuned, mapped, _ = _allocate_free_again("tuned", MALLOC_TRIM_THRESHOLD_="131072")
     assert tuned == "False" and mapped >= 4 * mib
