@@ -98,9 +98,6 @@ def test_init_frz_model_shares_the_pretrained_tables_and_ddp_ignores_buffers() -
     assert buffers["user_tower.id_embedding.frozen_weight"].data_ptr() == user.ctypes.data
     _, frozen = count_parameters(model)
     assert frozen == (NUM_USERS + NUM_ITEMS) * 4
-    ignored = set(model._ddp_params_and_buffers_to_ignore)  # type: ignore[arg-type]
-    assert "user_tower.id_embedding.frozen_weight" in ignored
-    assert "item_tower.features.multi_hot_mean" in ignored
 
 
 def test_use_features_false_gives_id_only_towers() -> None:

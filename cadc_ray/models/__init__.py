@@ -17,7 +17,6 @@ from cadc_ray.models.two_tower import (
     FeatureEncoder,
     Tower,
     TwoTower,
-    data_buffer_names,
 )
 
 __all__ = [
@@ -36,7 +35,6 @@ __all__ = [
     "build_id_embedding",
     "build_two_tower",
     "count_parameters",
-    "data_buffer_names",
     "frozen_table_names",
     "id_table_compression",
     "model_bytes",

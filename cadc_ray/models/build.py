@@ -31,7 +31,7 @@ from cadc_ray.models.id_tables import (
 )
 from cadc_ray.models.pretrained import PretrainedTables
 from cadc_ray.models.residual import residual_two_tower
-from cadc_ray.models.two_tower import FeatureEncoder, Tower, TwoTower, data_buffer_names
+from cadc_ray.models.two_tower import FeatureEncoder, Tower, TwoTower
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,4 @@ def build_two_tower(
         model = residual_two_tower(user_tower, item_tower, pretrained)
     else:
         model = TwoTower(user_tower, item_tower)
-    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        model, data_buffer_names(model)
-    )
     return model

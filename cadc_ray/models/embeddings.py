@@ -8,7 +8,7 @@ QR or ROBE table drops in without touching the towers.
 Frozen pretrained tables are *buffers* named ``frozen_weight``, never parameters: they get
 no gradient and no optimizer can hold state for them, whichever parameter list it is built
 over. They wrap the (read-only, zero-copy) numpy array from the Ray object store; nothing
-may write into them in place (see ``data_buffer_names`` for DDP).
+may write into them in place (``training.data_parallel.DataParallel`` never sends buffers).
 """
 
 from __future__ import annotations

@@ -195,14 +195,3 @@ class TwoTower(nn.Module):
         """
         items = self.item_outputs()
         return lambda users: self.score_users(users, items)
-
-
-def data_buffer_names(model: nn.Module) -> list[str]:
-    """Names of the buffers that hold data (frozen tables, features, column indices).
-
-    Every rank builds them from the same object-store tables / prepared files. DDP must not
-    broadcast them: the frozen tables may be read-only object-store memory, and a broadcast
-    writes into the receiving ranks' buffers. ``models.build.build_two_tower`` registers them with
-    ``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``.
-    """
-    return [name for name, _ in model.named_buffers()]

@@ -18,7 +18,8 @@ Worker side (inside a Train worker):
 - :func:`worker_device`: the CUDA device Ray assigned, or the CPU with a warning when the
   worker holds a ``GPU`` resource but its torch sees no CUDA (a CPU build of torch, a
   driver problem, or a test cluster whose ``GPU`` is only a label); :func:`prepare_model`
-  puts the model there (and in DDP for several workers).
+  puts the model there (and in a ``training.data_parallel.DataParallel`` for several
+  workers).
 - :func:`sparse_gradients_all_reduce`: whether the group can all-reduce the sparse gradients
   of row-sparse id tables (gloo yes, NCCL no).
 - :func:`torch_config` (a ``DeviceAwareTorchConfig``): Train's process group backend chosen
@@ -339,15 +340,23 @@ def worker_device(assigned: torch.device | Sequence[torch.device] | None = None)
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` on ``device`` (from :func:`worker_device`), wrapped in DDP when the worker
-    group has more than one worker (``ray.train.torch.prepare_model``).
+    """``model`` on ``device`` (from :func:`worker_device`), in a
+    :class:`~cadc_ray.training.data_parallel.DataParallel` when the worker group has more
+    than one worker.
 
-    Ray's own default moves the model to the device Ray assigned, CUDA for a ``GPU``
-    resource even where torch has none; this one uses the device the worker computes on.
+    Not ``ray.train.torch.prepare_model``: its DDP imports ``torch._dynamo`` in every worker
+    (1.3 s here), and its default device is the one Ray assigned, CUDA for a ``GPU`` resource
+    even where torch has none; this one uses the device the worker computes on.
     """
-    import ray.train.torch
+    import torch.distributed
 
-    return ray.train.torch.prepare_model(model, move_to_device=device)
+    from cadc_ray.training.data_parallel import DataParallel
+
+    model = model.to(device)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        return DataParallel(model)
+    return model
 
 
 # ---------------------------------------------------------------------------------------

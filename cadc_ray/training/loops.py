@@ -5,7 +5,7 @@ or of mappings with ``user_id`` / ``item_id`` tensors as Ray Data's ``iter_torch
 yields them; draw ``num_negatives`` negatives per positive from ``sampler`` with
 ``generator``; and return the mean loss over the epoch's rows.
 
-One forward call scores positives and negatives together, so a DDP-wrapped model sees one
+One forward call scores positives and negatives together, so a data-parallel model sees one
 forward per step and the RecD towers deduplicate across positives and negatives.
 """
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from cadc_ray.config import AlternationName
 from cadc_ray.training.alternation import MFOptimizers, alternation_phase
+from cadc_ray.training.data_parallel import DataParallel
 from cadc_ray.training.fused_mf import FusedMFTrainer
 from cadc_ray.training.losses import bce_with_sampled_negatives, logq_correct
 from cadc_ray.training.optim import Optimizer
@@ -63,7 +64,7 @@ def sampled_logits(
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    """The module inside a ``DataParallel`` wrapper (or the model itself)."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, nn.Module) else model
 
@@ -125,6 +126,8 @@ def _train_epoch(
         pos_logits, neg_logits = sampled_logits(model, users, items, negatives, log_q_on_device)
         loss = bce_with_sampled_negatives(pos_logits, neg_logits)
         loss.backward()
+        if isinstance(model, DataParallel):
+            model.average_gradients()  # the ranks' mean, before any optimizer steps
         for optimizer in optimizers_for_batch(batch_index):
             optimizer.step()
         weighted = loss.detach() * users.shape[0]
@@ -181,8 +184,9 @@ def train_mf_epoch(
 ) -> float:
     """One epoch of MF / CADC-MLP pretraining with the alternating scheme.
 
-    Gradients are computed for both tables (a DDP model needs every parameter to get a
-    gradient on every step) but only the active side's Adam steps (``alternation_phase``).
+    Gradients are computed for both tables (with several workers, ``DataParallel``
+    all-reduces them every step either way) but only the active side's Adam steps
+    (``alternation_phase``).
     """
     return _train_epoch(
         model,
