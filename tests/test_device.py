@@ -223,22 +223,28 @@ def test_a_usable_gpu_becomes_the_current_cuda_device(monkeypatch: pytest.Monkey
     assert current == [torch.device("cuda:1")]
 
 
-def test_the_model_goes_where_the_worker_computes_not_where_ray_assigned(
+def test_the_model_goes_where_the_worker_computes_and_is_data_parallel_for_2_workers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ray's ``prepare_model`` moves to the assigned CUDA device unless told otherwise."""
-    import ray.train.torch
+    """The device given (the worker's, not Ray's assignment), and a ``DataParallel`` only
+    when the process group has 2+ ranks."""
+    import torch.distributed
 
-    calls: list[Any] = []
+    from cadc_ray.training import data_parallel
 
-    def fake_prepare(model: torch.nn.Module, move_to_device: Any = True) -> torch.nn.Module:
-        calls.append(move_to_device)
-        return model
-
-    monkeypatch.setattr(ray.train.torch, "prepare_model", fake_prepare)
+    on_meta = torch.nn.Linear(2, 2)
+    assert device.prepare_model(on_meta, torch.device("meta")) is on_meta  # no process group
+    assert on_meta.weight.device.type == "meta"
     model = torch.nn.Linear(2, 2)
+    wrapped: list[torch.nn.Module] = []
+    monkeypatch.setattr(data_parallel, "DataParallel", lambda module: wrapped.append(module))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1)
     assert device.prepare_model(model, torch.device("cpu")) is model
-    assert calls == [torch.device("cpu")]
+    assert model.weight.device.type == "cpu" and wrapped == []
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    device.prepare_model(model, torch.device("cpu"))
+    assert wrapped == [model]
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Both Train stages through the real runtime on a tiny synthetic dataset.
 
 Most tests run Train V2's local mode (``num_workers=0``, in-process, ~3 s to start); one
-starts a real 2-worker group (DDP over gloo) and compares it with one worker.
+starts a real 2-worker group (``DataParallel`` over gloo) and compares it with one worker.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_two_workers_give_the_same_kind_of_result_as_one(
 
     single = one_worker
     # Row-sparse updates (SparseAdam) for every trainable embedding table, here the feature
-    # tables: their sparse gradients go through DDP's gloo all-reduce.
+    # tables: their sparse gradients go through DataParallel's sparse gloo all-reduce.
     config = replace_dotted(
         tiny.config, {"resources.num_workers": 2, "train.id_table_updates": "sparse"}
     )
@@ -252,7 +252,7 @@ def test_a_streamed_one_worker_stage_repeats_exactly(
 def test_two_streaming_workers_reach_what_one_in_memory_worker_does(
     tiny: TinyData, pretrained: PretrainResult, one_worker: Any, tmp_path: Path
 ) -> None:
-    """#10 item 6 on the streaming path: 2-worker DDP, each worker streaming only its own
+    """#10 item 6 on the streaming path: 2 data-parallel workers, each streaming only its own
     half, against 1 worker holding every row, at the same epochs. Stated noise: 0.08 HR@10
     (about 2 standard errors of a difference at HR 0.3 on these 300 validation users), 0.05
     in the loss."""

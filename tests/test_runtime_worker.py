@@ -45,7 +45,7 @@ def test_two_workers_split_each_global_batch_of_one_worker() -> None:
     single = _batches(11, 4, epoch=3, rank=0, world=1)
     rank0 = _batches(11, 4, epoch=3, rank=0, world=2)
     rank1 = _batches(11, 4, epoch=3, rank=1, world=2)
-    assert len(rank0) == len(rank1)  # DDP needs the same number of steps on every rank
+    assert len(rank0) == len(rank1)  # every step's collectives need every rank
     assert [b.numel() for b in rank0] == [2, 2, 1] == [b.numel() for b in rank1]
     # 11 rows, 2 ranks: one row left out this epoch, no row seen twice.
     seen = torch.cat(rank0 + rank1).tolist()

@@ -12,7 +12,7 @@ Parquet metadata, :func:`resolve_ingest`):
   (``iter_torch_batches`` with a seeded local shuffle buffer over the folder's files, read
   in a per-epoch seeded order). Memory per worker is bounded by the batch, the shuffle
   buffer and the model. Shards must hold equal row counts so that every rank steps
-  equally often (DDP and the fused MF step synchronise every step): Train's split with
+  equally often (``DataParallel`` and the fused MF step synchronise every step): Train's split with
   ``equal=True`` (:func:`stream_data_config`) leaves out up to ``W - 1`` rows per epoch.
   Only the counts (users, items) are computed from the whole folder, batch by batch
   (``data.count_interactions``). Reproducibility: Ray Data's ``streaming_split`` hands

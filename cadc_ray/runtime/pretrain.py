@@ -2,9 +2,10 @@
 
 ``fit_pretrain`` feeds D_full to the workers as ``resources.ingest`` says
 (``runtime.ingest``: all rows in memory on every worker, see ``runtime.worker`` for how the
-epochs stay reproducible; or each worker streaming its own shard), trains MF with the row-sparse fused step (``training.fused_mf``: the touched
-rows' gradients are all-gathered, no DDP) and MF-MLP with DDP (gradients for both tables on
-every step, so DDP's all-reduce sees every parameter); the alternation schedule is a pure
+epochs stay reproducible; or each worker streaming its own shard), trains MF with the
+row-sparse fused step (``training.fused_mf``: the touched rows' gradients are all-gathered)
+and MF-MLP with autograd, its gradients (both tables', every step) averaged over the ranks
+by ``training.data_parallel.DataParallel``; the alternation schedule is a pure
 function of ``(epoch, batch)``, so every rank steps the same side. It reports loss, epoch and
 samples/s with a checkpoint after every epoch. Rank 0 returns the exported tables
 (``Result.return_value`` is rank 0's return value).
@@ -102,15 +103,15 @@ class MFStage:
         self.fused: FusedMFTrainer | None = None
         self.optimizers: FusedMFTrainer | MFOptimizers
         if isinstance(self.base, MatrixFactorization):
-            # Row-sparse fused step (training.fused_mf): no DDP, whose all-reduce of the
-            # dense table gradients is what the fused step avoids; it all-gathers the
-            # touched rows.
+            # Row-sparse fused step (training.fused_mf): no DataParallel, whose all-reduce
+            # of the dense table gradients is what the fused step avoids; it all-gathers
+            # the touched rows.
             self.model: torch.nn.Module = self.base.to(device)
             self.fused = self.optimizers = FusedMFTrainer(
                 self.base, settings.learning_rate, settings.weight_decay
             )
         else:
-            self.model = environment.wrap_model(self.base)  # DDP when world_size > 1
+            self.model = environment.wrap_model(self.base)  # DataParallel when world_size > 1
             self.optimizers = make_mf_optimizers(
                 self.base, settings.learning_rate, settings.weight_decay
             )
@@ -221,8 +222,8 @@ def train_mf_stage(
 ) -> dict[str, Any]:
     """MF / MF-MLP pretraining on the positives ``data`` (held or streamed, see
     ``runtime.ingest``) -> the exported tables and history, on every rank (the ranks' tables
-    are equal: the fused step applies the same gathered rows everywhere, DDP the same
-    averaged gradients; a TTNN trained next in the same worker group uses them,
+    are equal: the fused step applies the same gathered rows everywhere, ``DataParallel`` the
+    same averaged gradients; a TTNN trained next in the same worker group uses them,
     ``runtime.joint``). With ``pretrain.eval_every`` > 0 (``held_out`` given) the tables
     are the best validation epoch's."""
     from cadc_ray.runtime.stage import run_stage
@@ -236,7 +237,7 @@ def train_mf_stage(
     selection = body.selection
     if selection is not None and selection.best_state:
         body.base.load_state_dict(selection.best_state)
-    tables = body.base.export_tables()  # the module inside DDP: wrapping keeps it in place
+    tables = body.base.export_tables()  # the module inside DataParallel: wrapping keeps it in place
     return {
         "user": tables.user,
         "item": tables.item,

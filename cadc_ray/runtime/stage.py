@@ -16,7 +16,7 @@ does, what it validates, what it checkpoints and what it returns) driven by
 
 Where the loop runs is a :class:`StageEnvironment`: inside a Ray Train worker
 (``runtime.worker.train_environment``: Train's rank, checkpoint restore and
-``ray.train.report``, DDP wrapping) or in a plain process (:func:`local_environment`: rank
+``ray.train.report``, data-parallel wrapping) or in a plain process (:func:`local_environment`: rank
 0 of 1, reports collected in a list). The second is how tests run every method's stages
 on tiny data without Ray; the numbers are the same in both, by construction.
 """
@@ -183,7 +183,8 @@ class StageEnvironment:
     worker: WorkerInfo
     report: ReportFn
     restore: Callable[[], dict[str, Any] | None] = _no_checkpoint
-    # Wraps the model for data-parallel training (DDP in a Train worker group).
+    # Wraps the model for data-parallel training (``training.data_parallel.DataParallel``
+    # in a Train worker group of 2+ workers).
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = _same_model
     gauges: StageGauges | None = None  # rank 0 under Ray with metrics on; else None
 
@@ -503,7 +504,7 @@ def train_environment(
     ``ray.train.get_checkpoint()``; reports go through ``ray.train.report`` (local mode:
     checkpoints under ``loop_config["local_checkpoint_root"]``), checkpoints named
     ``<checkpoint_prefix>epoch_XXXXXX``; the model goes to the worker's device
-    (``runtime.device.prepare_model``: DDP for more than one worker); rank 0 sets the
+    (``runtime.device.prepare_model``: ``DataParallel`` for more than one worker); rank 0 sets the
     stage's gauges.
     """
     from cadc_ray.runtime.device import prepare_model

@@ -194,14 +194,14 @@ class TTNNStage:
             settings.weight_decay,
             sparse_gradients_all_reduce(self.worker.world_size),
         )
-        # Before DDP wraps the model: the sparse tables' gradients are sparse from the start.
+        # Before DataParallel wraps the model: its sparse tables are known from the start.
         self.optimizers = two_tower_optimizers(
             self.base, settings.learning_rate, settings.weight_decay, sparse_tables
         )
         self.sparse_id_tables = sorted(sparse_tables)
         if sparse_tables and self.worker.rank == 0:
             logger.info("row-sparse id table updates (SparseAdam): %s", ", ".join(sparse_tables))
-        self.model = environment.wrap_model(self.base)  # DDP when world_size > 1
+        self.model = environment.wrap_model(self.base)  # DataParallel when world_size > 1
         self.sampler = build_negative_sampler(
             settings.negative_sampler, num_items, item_counts=counts.items
         )

@@ -13,7 +13,7 @@ with the same metrics as an uninterrupted run of the same seed (by construction)
   ``(seed, "order", e)``, the same on all ranks; global batch ``k`` is
   ``perm[k*B:(k+1)*B]`` and rank ``r`` trains on its ``r``-th ``B/W`` slice, so 1 and
   ``W`` workers see the same positives per step (``train.batch_size`` is global).
-  Every rank runs the same number of steps (DDP would hang otherwise).
+  Every rank runs the same number of steps (each step's collectives would hang otherwise).
 - **Per-epoch generators.** Negatives and any other sampling use a generator seeded
   from ``(seed, stream, rank, epoch)``; the global torch RNG (dropout) is reseeded
   at every epoch start the same way.

@@ -144,8 +144,8 @@ def exchange_row_gradients(
     tables in the same order on every rank; ``shared``: a dense gradient of at most C + 2
     elements (the global bias). Returns each table's merged rows and mean gradients, and
     the mean of ``shared``. Every rank gets every rank's rows, sums them per row (ranks in
-    order) and divides by the world size, as DDP averages dense gradients, so the ranks then
-    apply the same update.
+    order) and divides by the world size, as ``DataParallel`` averages dense gradients, so
+    the ranks then apply the same update.
 
     Two collectives a step whatever the number of tables: the row counts (one host sync:
     the buffers need a size), then one int32 buffer per rank holding each table's ids
