@@ -230,20 +230,22 @@ def test_the_model_goes_where_the_worker_computes_and_is_data_parallel_for_2_wor
     when the process group has 2+ ranks."""
     import torch.distributed
 
+    from cadc_ray.runtime.worker import WorkerInfo
     from cadc_ray.training import data_parallel
 
     on_meta = torch.nn.Linear(2, 2)
-    assert device.prepare_model(on_meta, torch.device("meta")) is on_meta  # no process group
+    # Two workers but no process group in this process: not wrapped.
+    two_on_meta = WorkerInfo(rank=0, world_size=2, device=torch.device("meta"))
+    assert device.prepare_model(on_meta, two_on_meta) is on_meta
     assert on_meta.weight.device.type == "meta"
     model = torch.nn.Linear(2, 2)
     wrapped: list[torch.nn.Module] = []
     monkeypatch.setattr(data_parallel, "DataParallel", lambda module: wrapped.append(module))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1)
-    assert device.prepare_model(model, torch.device("cpu")) is model
+    one = WorkerInfo(rank=0, world_size=1, device=torch.device("cpu"))
+    assert device.prepare_model(model, one) is model
     assert model.weight.device.type == "cpu" and wrapped == []
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
-    device.prepare_model(model, torch.device("cpu"))
+    device.prepare_model(model, WorkerInfo(rank=1, world_size=2, device=torch.device("cpu")))
     assert wrapped == [model]
 
 

@@ -58,6 +58,8 @@ from cadc_ray.config import ConfigError, ResourcesConfig
 if TYPE_CHECKING:
     import torch
 
+    from cadc_ray.runtime.worker import WorkerInfo
+
 logger = logging.getLogger(__name__)
 
 GPU_RESOURCE = "GPU"
@@ -339,24 +341,19 @@ def worker_device(assigned: torch.device | Sequence[torch.device] | None = None)
     return device
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` on ``device`` (from :func:`worker_device`), in a
-    :class:`~cadc_ray.training.data_parallel.DataParallel` when the worker group has more
-    than one worker.
+def prepare_model(model: torch.nn.Module, worker: WorkerInfo) -> torch.nn.Module:
+    """``model`` on the worker's device (from :func:`worker_device`), in a
+    :class:`~cadc_ray.training.data_parallel.DataParallel` when the worker is one of a
+    process group of 2+ (``WorkerInfo.is_distributed``).
 
     Not ``ray.train.torch.prepare_model``: its DDP imports ``torch._dynamo`` in every worker
     (1.3 s here), and its default device is the one Ray assigned, CUDA for a ``GPU`` resource
     even where torch has none; this one uses the device the worker computes on.
     """
-    import torch.distributed
-
     from cadc_ray.training.data_parallel import DataParallel
 
-    model = model.to(device)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed and torch.distributed.get_world_size() > 1:
-        return DataParallel(model)
-    return model
+    model = model.to(worker.device)
+    return DataParallel(model) if worker.is_distributed else model
 
 
 # ---------------------------------------------------------------------------------------

@@ -525,7 +525,7 @@ def train_environment(
         worker=worker,
         report=report,
         restore=restore_from_train_checkpoint,
-        wrap_model=lambda model: prepare_model(model, worker.device),
+        wrap_model=lambda model: prepare_model(model, worker),
         gauges=stage_gauges(stage, loop_config["run_name"]) if worker.rank == 0 else None,
     )
 
