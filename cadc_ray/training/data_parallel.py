@@ -45,15 +45,19 @@ class DataParallel(nn.Module):
         super().__init__()
         self.module = module
         self.world_size = dist.get_world_size()
-        # Known from the module, not from this step's gradient, so that a table no row of
-        # this rank's batch touched still joins its sparse all-reduce.
-        self._sparse_weights = {
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        # Known from the module, not from a step's gradient, so that a table no row of
+        # this rank's batch touched still joins its sparse all-reduce. Fixed here, as DDP
+        # fixes its parameters at construction.
+        sparse = {
             id(layer.weight)
             for layer in module.modules()
             if isinstance(layer, nn.Embedding) and layer.sparse
         }
+        self._sparse_tables = [p for p in trainable if id(p) in sparse]
+        self._dense_groups = _by_dtype_and_device([p for p in trainable if id(p) not in sparse])
         with torch.no_grad():
-            for parameters in _by_dtype_and_device(self._trainable()):
+            for parameters in _by_dtype_and_device(trainable):
                 flat = torch.cat([p.reshape(-1) for p in parameters])
                 dist.broadcast(flat, src=0)
                 for parameter, value in zip(parameters, _unflatten(flat, parameters), strict=True):
@@ -61,9 +65,6 @@ class DataParallel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
-
-    def _trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.module.parameters() if p.requires_grad]
 
     @torch.no_grad()
     def average_gradients(self) -> None:
@@ -76,17 +77,13 @@ class DataParallel(nn.Module):
         parameter gets a gradient has no host synchronisation.
         """
         scale = 1.0 / self.world_size
-        dense: list[torch.Tensor] = []
-        for parameter in self._trainable():
-            if id(parameter) not in self._sparse_weights:
-                dense.append(parameter)
-                continue
-            grad = parameter.grad
-            averaged = (grad if grad is not None else _no_rows(parameter)).mul(scale)
+        for table in self._sparse_tables:
+            grad = table.grad
+            averaged = (grad if grad is not None else _no_rows(table)).mul(scale)
             dist.all_reduce(averaged)
             if grad is not None or averaged._nnz() > 0:  # nnz is host metadata: no sync
-                parameter.grad = averaged
-        for members in _by_dtype_and_device(dense):
+                table.grad = averaged
+        for members in self._dense_groups:
             present = [p.grad is not None for p in members]
             flat = torch.cat(
                 [
