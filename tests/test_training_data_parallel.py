@@ -85,6 +85,11 @@ def _two_ranks(rank: int, store_path: str, out_path: str) -> None:
         _loss(model, ids, target, use_extra=rank == 0).backward()
         model.average_gradients()
         out["grads_unused"] = _grads(towers)
+        # 2b. Neither rank uses them: they keep no gradient, as in one process.
+        towers.zero_grad(set_to_none=True)
+        _loss(model, ids, target).backward()
+        model.average_gradients()
+        out["grads_used_by_neither"] = sorted(_grads(towers))
         out["dynamo_imported"] = "torch._dynamo" in sys.modules
         # 3. DDP on the same model and step (case 1), for its numbers.
         towers = _model(perturbed=False)
@@ -148,6 +153,11 @@ def test_a_parameter_one_rank_did_not_use_gets_half_the_others_gradient(
     assert torch.equal(
         ranks[0]["grads_unused"]["other_table.weight"][2], torch.zeros(3)
     )  # no row 2
+
+
+def test_a_parameter_no_rank_used_keeps_no_gradient(ranks: list[dict]) -> None:
+    for rank in ranks:
+        assert rank["grads_used_by_neither"] == ["dense.bias", "dense.weight", "table.weight"]
 
 
 def test_two_ranks_give_ddps_gradients_bit_for_bit_without_importing_dynamo(
