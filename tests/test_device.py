@@ -236,16 +236,17 @@ def test_the_model_goes_where_the_worker_computes_and_is_data_parallel_for_2_wor
     on_meta = torch.nn.Linear(2, 2)
     # Two workers but no process group in this process: not wrapped.
     two_on_meta = WorkerInfo(rank=0, world_size=2, device=torch.device("meta"))
-    assert device.prepare_model(on_meta, two_on_meta) is on_meta
+    assert device.prepare_model(on_meta, two_on_meta.device, two_on_meta.is_distributed) is on_meta
     assert on_meta.weight.device.type == "meta"
     model = torch.nn.Linear(2, 2)
     wrapped: list[torch.nn.Module] = []
     monkeypatch.setattr(data_parallel, "DataParallel", lambda module: wrapped.append(module))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     one = WorkerInfo(rank=0, world_size=1, device=torch.device("cpu"))
-    assert device.prepare_model(model, one) is model
+    assert device.prepare_model(model, one.device, one.is_distributed) is model
     assert model.weight.device.type == "cpu" and wrapped == []
-    device.prepare_model(model, WorkerInfo(rank=1, world_size=2, device=torch.device("cpu")))
+    two = WorkerInfo(rank=1, world_size=2, device=torch.device("cpu"))
+    device.prepare_model(model, two.device, two.is_distributed)
     assert wrapped == [model]
 
 

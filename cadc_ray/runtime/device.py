@@ -58,8 +58,6 @@ from cadc_ray.config import ConfigError, ResourcesConfig
 if TYPE_CHECKING:
     import torch
 
-    from cadc_ray.runtime.worker import WorkerInfo
-
 logger = logging.getLogger(__name__)
 
 GPU_RESOURCE = "GPU"
@@ -341,10 +339,12 @@ def worker_device(assigned: torch.device | Sequence[torch.device] | None = None)
     return device
 
 
-def prepare_model(model: torch.nn.Module, worker: WorkerInfo) -> torch.nn.Module:
-    """``model`` on the worker's device (from :func:`worker_device`), in a
-    :class:`~cadc_ray.training.data_parallel.DataParallel` when the worker is one of a
-    process group of 2+ (``WorkerInfo.is_distributed``).
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, distributed: bool
+) -> torch.nn.Module:
+    """``model`` on the worker's ``device`` (from :func:`worker_device`), in a
+    :class:`~cadc_ray.training.data_parallel.DataParallel` when ``distributed`` (the
+    worker's ``WorkerInfo.is_distributed``: one of a process group of 2+).
 
     Not ``ray.train.torch.prepare_model``: its DDP imports ``torch._dynamo`` in every worker
     (1.3 s here), and its default device is the one Ray assigned, CUDA for a ``GPU`` resource
@@ -352,8 +352,8 @@ def prepare_model(model: torch.nn.Module, worker: WorkerInfo) -> torch.nn.Module
     """
     from cadc_ray.training.data_parallel import DataParallel
 
-    model = model.to(worker.device)
-    return DataParallel(model) if worker.is_distributed else model
+    model = model.to(device)
+    return DataParallel(model) if distributed else model
 
 
 # ---------------------------------------------------------------------------------------

@@ -525,7 +525,7 @@ def train_environment(
         worker=worker,
         report=report,
         restore=restore_from_train_checkpoint,
-        wrap_model=lambda model: prepare_model(model, worker),
+        wrap_model=lambda model: prepare_model(model, worker.device, worker.is_distributed),
         gauges=stage_gauges(stage, loop_config["run_name"]) if worker.rank == 0 else None,
     )
 
