@@ -11,6 +11,9 @@ Measured in one process, interleaved, so that the ratios hold on a shared machin
   old (flat pairs, each user repeated 1+K times) against new ((B, 1+K) candidate lists);
 - full-ranking seconds on the ML-1M subset (MF scores; masks from the memory-mapped
   known-positives index and from an in-memory CSR).
+Every loop runs under ``--allocator``: ``tuned`` (the default since 2026-12-03) is glibc malloc
+as every cadc_ray stage sets it (``runtime.device.tune_cpu_allocator``), so the fused step is
+measured as the stages run it; ``default`` is glibc as it comes (the earlier JSONs).
 Results go to ``benchmarks/results/bench_mf.json`` (atomically) with the load average, the
 machine's speed reference before and after (``bench_data.speed_reference``), torch threads
 and versions. ``--rows 20000 --batches 3`` is a smoke run of a few seconds.
@@ -40,6 +43,7 @@ from cadc_ray.data.known import open_known_index, sorted_pair_batches, write_kno
 from cadc_ray.data.split import leave_last_two_out_roles
 from cadc_ray.evaluation import KnownPositivesLike, evaluate_full_ranking
 from cadc_ray.models import MatrixFactorization, build_two_tower
+from cadc_ray.runtime.device import tune_cpu_allocator
 from cadc_ray.training import (
     FusedMFTrainer,
     Optimizer,
@@ -281,9 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; best kept")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--allocator",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="glibc malloc as every cadc_ray stage sets it (runtime.device.tune_cpu_allocator), "
+        "or as it comes; both loops run under it",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/bench_mf.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.allocator == "tuned" and not tune_cpu_allocator():
+        parser.error(
+            "--allocator tuned: tune_cpu_allocator() did not apply (not glibc, or MALLOC_* set)"
+        )
 
     rng = np.random.default_rng(0)
     num_users, num_items = max(args.rows // 50, 2), max(args.rows // 200, 2)
