@@ -26,6 +26,7 @@ import gzip
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_data import speed_reference  # scripts/ is on sys.path
+
+# The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import speed_reference
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
@@ -158,6 +162,69 @@ def zipf_two_tower_data(
     return users, items, features(TTNN_USERS), features(TTNN_ITEMS)
 
 
+def tower_matmul_flops_per_row(tower: torch.nn.Module) -> int:
+    """Forward matrix-product FLOPs of one row through a tower's MLP: 2 * in * out per
+    ``nn.Linear`` (biases and activations are not counted)."""
+    mlp = getattr(tower, "mlp", None)
+    if not isinstance(mlp, torch.nn.Module):
+        raise TypeError(f"{type(tower).__name__} has no mlp module")
+    return sum(
+        2 * layer.in_features * layer.out_features
+        for layer in mlp.modules()
+        if isinstance(layer, torch.nn.Linear)
+    )
+
+
+class TowerMatmulCounter:
+    """Counts the rows that reach each tower's MLP (forward hooks) and turns them into the
+    FLOPs of the step's tower matrix products: the forward's, and the backward's two (the
+    gradients of the weights and of the inputs, which the trainable id tables need), each
+    as many as the forward's. With RecD dedup a tower sees a batch's unique ids only, so
+    this is the work the step has to do, whatever else it spends time on."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.flops_per_row = {
+            name: tower_matmul_flops_per_row(getattr(model, name))
+            for name in ("user_tower", "item_tower")
+        }
+        self.rows = dict.fromkeys(self.flops_per_row, 0)
+        for name in self.flops_per_row:
+            mlp = getattr(model, name).mlp
+            mlp.register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def count(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
+            self.rows[name] += inputs[0].shape[0]
+
+        return count
+
+    def take_flops(self) -> int:
+        """Forward + backward tower matmul FLOPs since the last call; resets the counts."""
+        flops = sum(3 * self.rows[name] * per_row for name, per_row in self.flops_per_row.items())
+        self.rows = dict.fromkeys(self.flops_per_row, 0)
+        return flops
+
+
+def gemm_gflop_per_s(threads: int, size: int = 512, repeats: int = 15) -> float:
+    """A ``size``^3 float32 matrix product on ``threads`` torch threads, best of ``repeats``:
+    what this machine's matmuls reach now at the benchmark's thread count
+    (``bench_data.speed_reference`` measures one thread). The thread count is restored."""
+    previous = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    left, right = (torch.rand((size, size), generator=generator) for _ in range(2))
+    product = left.new_empty((size, size))
+    best = float("inf")
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(left, right, out=product)
+            best = min(best, time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
 def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
     """TTNN rows/s at the configured batch, dedup on and off (id-only towers + 3 features)."""
     num_users, num_items, rows = TTNN_USERS, TTNN_ITEMS, args.batches * args.ttnn_batch_size
@@ -180,7 +247,9 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
             model.candidate_list_forward = forward == "new"
             name = f"dedup_{'on' if dedup else 'off'}_{forward}"
             variants[name] = (model, make_optimizer(model, 1e-3, 0.0))
+    counters = {name: TowerMatmulCounter(model) for name, (model, _) in variants.items()}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    gflop_per_s: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(args.repeats):  # interleaved: load changes hit every variant alike
         for name, (variant, optimizer) in variants.items():
 
@@ -199,8 +268,13 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
                 )
 
             seconds[name].append(_timed(epoch))
+            gflop_per_s[name].append(counters[name].take_flops() / seconds[name][-1] / 1e9)
     for name, values in seconds.items():
         result[f"{name}_rows_per_s"] = rows / min(values)
+    # How much of the step is the towers' matrix products: their FLOPs per second of step,
+    # against a plain GEMM's rate on as many threads (measured after the epochs).
+    result["tower_matmul_gflop_per_s"] = {name: max(v) for name, v in gflop_per_s.items()}
+    result["gemm_gflop_per_s_same_threads"] = gemm_gflop_per_s(torch.get_num_threads())
     for state in ("on", "off"):
         result[f"dedup_{state}_speedup_new_vs_old"] = min(seconds[f"dedup_{state}_old"]) / min(
             seconds[f"dedup_{state}_new"]
