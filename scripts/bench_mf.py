@@ -8,7 +8,9 @@ Measured in one process, interleaved, so that the ratios hold on a shared machin
   same batch, negatives and alternation phase, on synthetic pairs (``--rows`` of them) and on
   the MovieLens-1M subset when present ($CADC_DATA_DIR/ml-1m or ../shared/data/ml-1m);
 - TTNN rows/s of ``train_two_tower_epoch`` at the configured batch, RecD dedup on and off,
-  old (flat pairs, each user repeated 1+K times) against new ((B, 1+K) candidate lists);
+  old (flat pairs, each user repeated 1+K times) against new ((B, 1+K) candidate lists), and
+  per variant the share of its fastest epoch that the towers' matrix products alone take
+  (``TowerMatmuls``: the same shapes replayed);
 - full-ranking seconds on the ML-1M subset (MF scores; masks from the memory-mapped
   known-positives index and from an in-memory CSR).
 Every loop runs under ``--allocator``: ``tuned`` (the default since 2026-12-03) is glibc malloc
@@ -162,67 +164,79 @@ def zipf_two_tower_data(
     return users, items, features(TTNN_USERS), features(TTNN_ITEMS)
 
 
-def tower_matmul_flops_per_row(tower: torch.nn.Module) -> int:
-    """Forward matrix-product FLOPs of one row through a tower's MLP: 2 * in * out per
-    ``nn.Linear`` (biases and activations are not counted)."""
+def tower_layer_shapes(tower: torch.nn.Module) -> list[tuple[int, int]]:
+    """(in_features, out_features) of each ``nn.Linear`` of a tower's MLP, in order."""
     mlp = getattr(tower, "mlp", None)
     if not isinstance(mlp, torch.nn.Module):
         raise TypeError(f"{type(tower).__name__} has no mlp module")
-    return sum(
-        2 * layer.in_features * layer.out_features
+    return [
+        (layer.in_features, layer.out_features)
         for layer in mlp.modules()
         if isinstance(layer, torch.nn.Linear)
-    )
+    ]
 
 
-class TowerMatmulCounter:
-    """Counts the rows that reach each tower's MLP (forward hooks) and turns them into the
-    FLOPs of the step's tower matrix products: the forward's, and the backward's two (the
-    gradients of the weights and of the inputs, which the trainable id tables need), each
-    as many as the forward's. With RecD dedup a tower sees a batch's unique ids only, so
-    this is the work the step has to do, whatever else it spends time on."""
+class TowerMatmuls:
+    """Records how many rows reach each tower's MLP per call (forward hooks), and replays
+    the matrix products those calls cost on their own: per layer the forward product and
+    the backward's two (the weights' gradient and the inputs', which the trainable id
+    tables need). With RecD dedup a tower sees a batch's unique ids only. The replay's time
+    against the epoch's says how much of the step is the towers' arithmetic, at the step's
+    own shapes (small products run below a large GEMM's rate)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.flops_per_row = {
-            name: tower_matmul_flops_per_row(getattr(model, name))
-            for name in ("user_tower", "item_tower")
+        self.shapes = {
+            name: tower_layer_shapes(getattr(model, name)) for name in ("user_tower", "item_tower")
         }
-        self.rows = dict.fromkeys(self.flops_per_row, 0)
-        for name in self.flops_per_row:
-            mlp = getattr(model, name).mlp
-            mlp.register_forward_hook(self._hook(name))
+        self.calls: list[tuple[str, int]] = []
+        for name in self.shapes:
+            getattr(model, name).mlp.register_forward_hook(self._hook(name))
 
     def _hook(self, name: str) -> Callable[..., None]:
-        def count(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
-            self.rows[name] += inputs[0].shape[0]
+        def record(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
+            self.calls.append((name, inputs[0].shape[0]))
 
-        return count
+        return record
 
-    def take_flops(self) -> int:
-        """Forward + backward tower matmul FLOPs since the last call; resets the counts."""
-        flops = sum(3 * self.rows[name] * per_row for name, per_row in self.flops_per_row.items())
-        self.rows = dict.fromkeys(self.flops_per_row, 0)
-        return flops
+    def take_calls(self) -> list[tuple[str, int]]:
+        """The (tower, rows) calls since the last take; the record starts again."""
+        calls, self.calls = self.calls, []
+        return calls
 
+    def flops(self, calls: list[tuple[str, int]]) -> int:
+        """Forward + backward matmul FLOPs of ``calls``: 3 x 2 x rows x in x out per layer."""
+        return sum(
+            6 * rows * fan_in * fan_out
+            for name, rows in calls
+            for fan_in, fan_out in self.shapes[name]
+        )
 
-def gemm_gflop_per_s(threads: int, size: int = 512, repeats: int = 15) -> float:
-    """A ``size``^3 float32 matrix product on ``threads`` torch threads, best of ``repeats``:
-    what this machine's matmuls reach now at the benchmark's thread count
-    (``bench_data.speed_reference`` measures one thread). The thread count is restored."""
-    previous = torch.get_num_threads()
-    generator = torch.Generator().manual_seed(0)
-    left, right = (torch.rand((size, size), generator=generator) for _ in range(2))
-    product = left.new_empty((size, size))
-    best = float("inf")
-    torch.set_num_threads(threads)
-    try:
+    def replay_seconds(self, calls: list[tuple[str, int]], repeats: int = 3) -> float:
+        """The products of ``calls`` on stand-in tensors of the same shapes, best of
+        ``repeats`` (the inputs are made before the clock starts)."""
+        most_rows = max((rows for _, rows in calls), default=0)
+        generator = torch.Generator().manual_seed(0)
+        tensors = {
+            name: [
+                (
+                    torch.rand((most_rows, fan_in), generator=generator),
+                    torch.rand((fan_out, fan_in), generator=generator),
+                    torch.rand((most_rows, fan_out), generator=generator),
+                )
+                for fan_in, fan_out in shapes
+            ]
+            for name, shapes in self.shapes.items()
+        }
+        best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
-            torch.mm(left, right, out=product)
+            for name, rows in calls:
+                for inputs, weight, output_grad in tensors[name]:
+                    torch.mm(inputs[:rows], weight.T)  # forward
+                    torch.mm(output_grad[:rows].T, inputs[:rows])  # the weight's gradient
+                    torch.mm(output_grad[:rows], weight)  # the input's gradient
             best = min(best, time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(previous)
-    return 2 * size**3 / best / 1e9
+        return best
 
 
 def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,9 +261,9 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
             model.candidate_list_forward = forward == "new"
             name = f"dedup_{'on' if dedup else 'off'}_{forward}"
             variants[name] = (model, make_optimizer(model, 1e-3, 0.0))
-    counters = {name: TowerMatmulCounter(model) for name, (model, _) in variants.items()}
+    matmuls = {name: TowerMatmuls(model) for name, (model, _) in variants.items()}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    gflop_per_s: dict[str, list[float]] = {name: [] for name in variants}
+    calls: dict[str, list[list[tuple[str, int]]]] = {name: [] for name in variants}
     for repeat in range(args.repeats):  # interleaved: load changes hit every variant alike
         for name, (variant, optimizer) in variants.items():
 
@@ -268,13 +282,20 @@ def bench_ttnn(args: argparse.Namespace) -> dict[str, Any]:
                 )
 
             seconds[name].append(_timed(epoch))
-            gflop_per_s[name].append(counters[name].take_flops() / seconds[name][-1] / 1e9)
+            calls[name].append(matmuls[name].take_calls())
     for name, values in seconds.items():
         result[f"{name}_rows_per_s"] = rows / min(values)
-    # How much of the step is the towers' matrix products: their FLOPs per second of step,
-    # against a plain GEMM's rate on as many threads (measured after the epochs).
-    result["tower_matmul_gflop_per_s"] = {name: max(v) for name, v in gflop_per_s.items()}
-    result["gemm_gflop_per_s_same_threads"] = gemm_gflop_per_s(torch.get_num_threads())
+    # How much of the fastest epoch the towers' matrix products alone take (replayed after
+    # all epochs, same shapes, same threads).
+    result["tower_matmuls"] = {}
+    for name, values in seconds.items():
+        fastest = values.index(min(values))
+        alone = matmuls[name].replay_seconds(calls[name][fastest])
+        result["tower_matmuls"][name] = {
+            "gflop": matmuls[name].flops(calls[name][fastest]) / 1e9,
+            "seconds_alone": alone,
+            "share_of_epoch": alone / values[fastest],
+        }
     for state in ("on", "off"):
         result[f"dedup_{state}_speedup_new_vs_old"] = min(seconds[f"dedup_{state}_old"]) / min(
             seconds[f"dedup_{state}_new"]
