@@ -40,12 +40,11 @@ def child(mode: str, stage: str, epochs: int) -> list[float]:
     """One process's epochs of ``stage`` (rows/s), the allocator tuned first when ``mode``
     says so."""
     import torch
-
-    from cadc_ray.runtime.device import tune_cpu_allocator
+    from bench_data import require_tuned_allocator  # scripts/ is on sys.path
 
     torch.set_num_threads(1)
-    if mode == "tuned" and not tune_cpu_allocator():
-        raise SystemExit("tune_cpu_allocator() did not apply (not glibc, or MALLOC_* set)")
+    if mode == "tuned":
+        require_tuned_allocator()
     return mf_epochs(epochs) if stage == "mf" else ttnn_epochs(epochs)
 
 

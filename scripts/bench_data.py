@@ -261,6 +261,16 @@ def speed_reference(repeats: int = 15) -> dict[str, float]:
     }
 
 
+def require_tuned_allocator() -> None:
+    """Sets glibc malloc as every cadc_ray stage does (``runtime.device.tune_cpu_allocator``),
+    or exits: a run meant to measure the tuned setting must not measure glibc's defaults
+    unnoticed (not glibc, or the environment sets ``MALLOC_*`` itself)."""
+    from cadc_ray.runtime.device import tune_cpu_allocator
+
+    if not tune_cpu_allocator():
+        raise SystemExit("tune_cpu_allocator() did not apply (not glibc, or MALLOC_* set)")
+
+
 def torch_bench_header(benchmark: str, load_before: tuple[float, ...]) -> dict[str, Any]:
     """What a single-process torch benchmark's JSON opens with: name, commit, date, machine,
     torch, the load average before (given, taken before the work) and now, and the machine's

@@ -40,7 +40,7 @@ import torch
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import speed_reference
+from bench_data import require_tuned_allocator, speed_reference
 
 from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
@@ -49,7 +49,6 @@ from cadc_ray.data.known import open_known_index, sorted_pair_batches, write_kno
 from cadc_ray.data.split import leave_last_two_out_roles
 from cadc_ray.evaluation import KnownPositivesLike, evaluate_full_ranking
 from cadc_ray.models import MatrixFactorization, build_two_tower
-from cadc_ray.runtime.device import tune_cpu_allocator
 from cadc_ray.training import (
     FusedMFTrainer,
     Optimizer,
@@ -390,10 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/bench_mf.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.allocator == "tuned" and not tune_cpu_allocator():
-        parser.error(
-            "--allocator tuned: tune_cpu_allocator() did not apply (not glibc, or MALLOC_* set)"
-        )
+    if args.allocator == "tuned":
+        require_tuned_allocator()
 
     rng = np.random.default_rng(0)
     num_users, num_items = max(args.rows // 50, 2), max(args.rows // 200, 2)

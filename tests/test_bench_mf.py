@@ -1,5 +1,5 @@
-"""``scripts/bench_mf.py``: the towers' matmul FLOP count it divides by the step's time
-(the timings themselves are the script's to run)."""
+"""``scripts/bench_mf.py``'s ``TowerMatmuls``: the rows each tower's MLP runs on, their
+FLOPs, and the products its replay times (the timings themselves are the script's to run)."""
 
 from __future__ import annotations
 

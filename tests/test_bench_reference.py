@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import load_script
 
+import cadc_ray.runtime.device as device
+
 
 def test_both_probes_measured_on_one_thread_and_the_thread_count_restored(
     monkeypatch: pytest.MonkeyPatch,
@@ -56,3 +58,23 @@ def test_no_repeats_is_refused_before_any_work() -> None:
     bench_data = load_script("bench_data")
     with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
         bench_data.speed_reference(repeats=0)
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_tuned_allocator_run_exits_when_the_setting_does_not_apply(
+    monkeypatch: pytest.MonkeyPatch, applied: bool
+) -> None:
+    bench_data = load_script("bench_data")
+    calls: list[bool] = []
+
+    def tune() -> bool:
+        calls.append(applied)
+        return applied
+
+    monkeypatch.setattr(device, "tune_cpu_allocator", tune)
+    if applied:
+        bench_data.require_tuned_allocator()
+    else:
+        with pytest.raises(SystemExit, match=r"tune_cpu_allocator\(\) did not apply"):
+            bench_data.require_tuned_allocator()
+    assert calls == [applied]
