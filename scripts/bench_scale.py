@@ -535,10 +535,13 @@ def dense_mf_measurement(
 
     from cadc_ray.data import read_pairs
 
+    # "tuned" means as the stages run: whatever tune_cpu_allocator achieves here (nothing on
+    # a libc other than glibc, or where MALLOC_* is set). The JSON says which it was.
+    allocator_tuned = False
     if args.allocator == "tuned":
         from cadc_ray.runtime.device import tune_cpu_allocator
 
-        tune_cpu_allocator()
+        allocator_tuned = tune_cpu_allocator()
     users, items = read_pairs(Path(train_dir))
     if users.size > DENSE_MF_MAX_PAIRS:
         chosen = np.random.default_rng(0).choice(users.size, DENSE_MF_MAX_PAIRS, replace=False)
@@ -565,6 +568,7 @@ def dense_mf_measurement(
     )
     measured["torch_threads"] = args.torch_threads
     measured["allocator"] = args.allocator
+    measured["allocator_tuned"] = allocator_tuned
     return measured
 
 
