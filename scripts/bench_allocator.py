@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode, stage = args.child
         print(json.dumps(child(mode, stage, args.epochs)))
         return 0
-    from cadc_ray.atomic import write_text_atomic
+    from bench_data import write_result  # scripts/ is on sys.path
 
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     record: dict[str, Any] = {
@@ -192,10 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         for stage, by_mode in record["epoch_rows_per_second"].items()
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record["summary"], indent=1))
-    print(f"wrote {args.output}")
+    write_result(args.output, record, record["summary"])
     return 0
 
 

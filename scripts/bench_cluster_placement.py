@@ -17,15 +17,19 @@ The JSON (written atomically) also has the test metrics, which must be the same 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS: dict[str, dict[str, str]] = {
@@ -96,6 +100,40 @@ def run_once(
     }
 
 
+def cluster_bench_record(
+    benchmark: str, script: str, argv: Sequence[str] | None, node_cpus: int
+) -> dict[str, Any]:
+    """What a cluster benchmark's JSON opens with (``runs`` to fill): what and how it was run,
+    the commit, when, the machine's CPUs, the cluster and the load average before."""
+    from bench_data import git_commit
+
+    return {
+        "benchmark": benchmark,
+        "command": " ".join(["python", f"scripts/{script}", *(argv or sys.argv[1:])]),
+        "commit": git_commit(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "cluster": {"head_cpus": 0, "worker_node_cpus": node_cpus},
+        "load_average_before": os.getloadavg(),
+        "runs": [],
+    }
+
+
+@contextlib.contextmanager
+def two_node_cluster(node_cpus: int) -> Iterator[Cluster]:
+    """The cluster of the cluster benchmarks, on this machine: a head with no CPUs, as
+    ``cluster.yaml``'s head, and one worker node with ``node_cpus``; shut down on exit."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        cluster.add_node(num_cpus=node_cpus)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -129,31 +167,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1 or args.node_cpus < 1:
         parser.error("--repeats and --node-cpus must be >= 1")
     sys.path.insert(0, str(REPO_ROOT))
-    from ray.cluster_utils import Cluster
-
-    from cadc_ray.atomic import write_text_atomic
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_data import write_result
 
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {
-        "benchmark": "stage fixed cost on a two-node cluster: worker groups vs Ray tasks",
-        "command": " ".join(
-            ["python", "scripts/bench_cluster_placement.py", *(argv or sys.argv[1:])]
-        ),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu_count": os.cpu_count(),
-        "cluster": {"head_cpus": 0, "worker_node_cpus": args.node_cpus},
-        "sets": args.sets,
-        "load_average_before": os.getloadavg(),
-        "runs": [],
-    }
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    try:
-        cluster.add_node(num_cpus=args.node_cpus)
-        cluster.wait_for_nodes()
+    record = cluster_bench_record(
+        "stage fixed cost on a two-node cluster: worker groups vs Ray tasks",
+        "bench_cluster_placement.py",
+        argv,
+        args.node_cpus,
+    )
+    record["sets"] = args.sets
+    with two_node_cluster(args.node_cpus) as cluster:
         for repeat in range(args.repeats):
             for placement in args.placements:
                 run = run_once(
@@ -163,8 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 record["runs"].append(run)
                 fixed = {stage: round(v["fixed_seconds"], 2) for stage, v in run["stages"].items()}
                 print(placement, run["stage_placement"], "fixed", fixed, flush=True)
-    finally:
-        cluster.shutdown()
     record["load_average_after"] = os.getloadavg()
     summary: dict[str, Any] = {}
     for placement in args.placements:
@@ -182,10 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tests = {json.dumps(run["test"], sort_keys=True) for run in record["runs"]}
     summary["same_test_metrics_everywhere"] = len(tests) == 1
     record["summary"] = summary
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(record, indent=2) + "\n")
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {args.output}")
+    write_result(args.output, record, summary)
     return 0
 
 

@@ -271,6 +271,17 @@ def require_tuned_allocator() -> None:
         raise SystemExit("tune_cpu_allocator() did not apply (not glibc, or MALLOC_* set)")
 
 
+def write_result(output: Path, record: Any, summary: Any = None) -> None:
+    """A benchmark's JSON, written as every script here writes it: its folder made, the file
+    replaced atomically (an interrupted run leaves the previous result, never half of one),
+    then ``summary`` (if any) and the path printed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, json.dumps(record, indent=2) + "\n")
+    if summary is not None:
+        print(json.dumps(summary, indent=1))
+    print(f"wrote {output}")
+
+
 def torch_bench_header(benchmark: str, load_before: tuple[float, ...]) -> dict[str, Any]:
     """What a single-process torch benchmark's JSON opens with: name, commit, date, machine,
     torch, the load average before (given, taken before the work) and now, and the machine's

@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(workers < 0 for workers in args.workers):
         parser.error(f"--workers: counts must be >= 0, got {args.workers}")
     sys.path.insert(0, str(REPO_ROOT))
-    from cadc_ray.atomic import write_text_atomic
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_data import write_result
 
     record: dict[str, Any] = {
         "command": " ".join(["python", "scripts/bench_fixed_cost.py", *(argv or sys.argv[1:])]),
@@ -152,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(workers, json.dumps(record["runs"][str(workers)], indent=1))
     record["loadavg_after"] = os.getloadavg()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, record)
     return 0
 
 

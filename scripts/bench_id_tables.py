@@ -21,10 +21,10 @@ the numbers are only comparable within one file. Written atomically as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cadc_ray.atomic import write_text_atomic
+# The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import write_result
+
 from cadc_ray.config import IdTableConfig, IdTableKind
 from cadc_ray.models.id_tables import ID_TABLE_KINDS, RobeArray, TableContext, budget_rows
 from cadc_ray.models.learned_hash import cluster_1d
@@ -169,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": list(os.getloadavg()),
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, payload)
     return 0
 
 

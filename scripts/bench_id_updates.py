@@ -21,7 +21,6 @@ The machine's load before and after is recorded. Written atomically as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,9 +31,8 @@ import torch
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import torch_bench_header
+from bench_data import torch_bench_header, write_result
 
-from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
 from cadc_ray.models import build_two_tower
 from cadc_ray.training.loops import train_two_tower_epoch
@@ -124,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows_per_pass": rows,
         "results": results,
     }
-    write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, report)
     return 0
 
 

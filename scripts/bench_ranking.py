@@ -21,7 +21,6 @@ JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,9 +33,8 @@ import torch
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import torch_bench_header
+from bench_data import torch_bench_header, write_result
 
-from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
 from cadc_ray.evaluation import ScoreUsers, full_ranking_sums
 from cadc_ray.models.build import build_two_tower
@@ -152,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
-    write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, report)
     return 0
 
 

@@ -16,7 +16,6 @@ commit and the load average before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -29,9 +28,14 @@ from typing import Any
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import git_commit, machine_info, synthetic_catalogue, synthetic_data_config
+from bench_data import (
+    git_commit,
+    machine_info,
+    synthetic_catalogue,
+    synthetic_data_config,
+    write_result,
+)
 
-from cadc_ray.atomic import write_text_atomic
 from cadc_ray.data.sampling import SampleEngine
 from cadc_ray.data.split import SplitPaths
 
@@ -132,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
     results["summary"] = summarize(results["measurements"])
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    write_text_atomic(args.output, json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["summary"], indent=2))
-    print(f"wrote {args.output}")
+    write_result(args.output, results, results["summary"])
     return 0
 
 

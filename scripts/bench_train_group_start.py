@@ -200,31 +200,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.variants[0], args.workers[0], str(args.work_dir))))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_cluster_placement import run_once
-    from bench_data import git_commit
-    from ray.cluster_utils import Cluster
-
-    from cadc_ray.atomic import write_text_atomic
+    from bench_cluster_placement import cluster_bench_record, run_once, two_node_cluster
+    from bench_data import write_result
 
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {
-        "benchmark": "Train worker group start to an empty loop, on a two-node cluster",
-        "command": " ".join(
-            ["python", "scripts/bench_train_group_start.py", *(argv or sys.argv[1:])]
-        ),
-        "commit": git_commit(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu_count": os.cpu_count(),
-        "cluster": {"head_cpus": 0, "worker_node_cpus": args.node_cpus},
-        "load_average_before": os.getloadavg(),
-        "runs": [],
-    }
+    record = cluster_bench_record(
+        "Train worker group start to an empty loop, on a two-node cluster",
+        "bench_train_group_start.py",
+        argv,
+        args.node_cpus,
+    )
     variants = list(args.variants) + ([PRODUCT_VARIANT] if args.with_product else [])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    try:
-        cluster.add_node(num_cpus=args.node_cpus)
-        cluster.wait_for_nodes()
+    with two_node_cluster(args.node_cpus) as cluster:
         assert cluster.head_node is not None  # initialize_head=True
         logs_dir = Path(cluster.head_node.get_logs_dir_path())
         for repeat in range(args.repeats):
@@ -261,18 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     record["runs"].append(run)
                     print(variant, workers, {k: v for k, v in run.items() if "seconds" in k})
-    finally:
-        cluster.shutdown()
     record["load_average_after"] = os.getloadavg()
     record["summary"] = {
         "to_loop_seconds": summary(record["runs"], "to_loop_seconds"),
         "first_stage_fixed_seconds": summary(record["runs"], "first_stage_fixed_seconds"),
         "fixed_seconds_per_stage": summary(record["runs"], "fixed_seconds_per_stage"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record["summary"], indent=1))
-    print(f"wrote {args.output}")
+    write_result(args.output, record, record["summary"])
     return 0
 
 

@@ -38,9 +38,7 @@ from typing import Any
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import git_commit, synthetic_catalogue, synthetic_data_config
-
-from cadc_ray.atomic import write_text_atomic
+from bench_data import git_commit, synthetic_catalogue, synthetic_data_config, write_result
 
 BATCH_ROWS = 8192
 SHUFFLE_BUFFER_ROWS = 65_536
@@ -249,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": records,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    write_text_atomic(args.output, json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, results)
     return 0
 
 

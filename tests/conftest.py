@@ -125,6 +125,17 @@ def run_bash_script(
     )
 
 
+def usage_error(
+    command: Callable[[list[str]], Any], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> str:
+    """What ``command(argv)`` (a script's ``main`` or ``parse_args``) wrote to stderr when it
+    refused ``argv`` as argparse does: exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 def load_script(name: str) -> ModuleType:
     """``scripts/<name>.py`` as a module (``scripts/`` is not a package)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import load_script, usage_error
 
 
 def test_a_stages_fixed_cost_is_its_wall_time_minus_its_loop_and_evaluation() -> None:
@@ -33,8 +33,6 @@ def test_a_missing_dataset_is_refused_before_any_cluster_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bench = load_script("bench_cluster_placement")
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "b.json")])
-    assert exit_info.value.code == 2
-    assert f"{tmp_path / 'nowhere'} has no u.data" in capsys.readouterr().err
+    argv = ["--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "b.json")]
+    assert f"{tmp_path / 'nowhere'} has no u.data" in usage_error(bench.main, argv, capsys)
     assert not (tmp_path / "b.json").exists()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import load_script
+from conftest import load_script, usage_error
 
 from cadc_ray.config import DataConfig, SyntheticConfig
 from cadc_ray.data import Manifest, SplitPaths, prepare_dataset
@@ -57,10 +57,7 @@ def bench() -> ModuleType:
 def test_bad_arguments_fail_with_a_message(
     bench: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(bench.parse_args, argv, capsys)
 
 
 def test_output_that_is_a_folder_is_refused(

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import load_script
+from conftest import load_script, usage_error
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +64,12 @@ def test_summary_groups_by_variant_and_workers_and_skips_runs_without_the_key(
 def test_bad_arguments_are_refused_before_any_cluster_starts(
     bench: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(bench.parse_args, argv, capsys)
 
 
 def test_the_product_runs_need_movielens_100k(
     bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit):
-        bench.main(
-            ["--with-product", "--data", str(tmp_path), "--output", str(tmp_path / "b.json")]
-        )
-    assert f"{tmp_path} has no u.data" in capsys.readouterr().err
+    argv = ["--with-product", "--data", str(tmp_path), "--output", str(tmp_path / "b.json")]
+    assert f"{tmp_path} has no u.data" in usage_error(bench.main, argv, capsys)
     assert not (tmp_path / "b.json").exists()
