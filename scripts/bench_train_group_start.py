@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def child(address: str, variant: str, workers: int, storage: str) -> dict[str, f
     from ray.train import RunConfig, ScalingConfig
 
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    marker = Path(tempfile.mkdtemp(prefix="group-start-")) / "entered"
+    # A local file: every node of the benchmark's cluster runs on this machine.
+    marker_dir = Path(tempfile.mkdtemp(prefix="group-start-"))
+    marker = marker_dir / "entered"
     scaling = ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1.0})
     run_config = RunConfig(name=f"{variant}-{workers}-{time.time_ns()}", storage_path=storage)
     loop_config = {"marker": str(marker)}
@@ -127,6 +130,7 @@ def child(address: str, variant: str, workers: int, storage: str) -> dict[str, f
     trainer.fit()
     ended = time.time()
     entered = float(marker.read_text(encoding="utf-8"))
+    shutil.rmtree(marker_dir)
     return {
         "to_loop_seconds": entered - started,
         "after_loop_seconds": ended - entered,
