@@ -272,10 +272,9 @@ def require_tuned_allocator() -> None:
 
 
 def write_result(output: Path, record: Any, summary: Any = None) -> None:
-    """A benchmark's JSON, written as every script here writes it: its folder made, the file
-    replaced atomically (an interrupted run leaves the previous result, never half of one),
-    then ``summary`` (if any) and the path printed."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """A benchmark's JSON, written as every script here writes it: replaced atomically, its
+    folder made if need be (``write_text_atomic``; an interrupted run leaves the previous
+    result, never half of one), then ``summary`` (if any) and the path printed."""
     write_text_atomic(output, json.dumps(record, indent=2) + "\n")
     if summary is not None:
         print(json.dumps(summary, indent=1))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import platform
 import sys
@@ -40,9 +39,8 @@ import torch
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import require_tuned_allocator, speed_reference
+from bench_data import require_tuned_allocator, speed_reference, write_result
 
-from cadc_ray.atomic import write_text_atomic
 from cadc_ray.config import ModelConfig
 from cadc_ray.data.features import EntityFeatures
 from cadc_ray.data.known import open_known_index, sorted_pair_batches, write_known_index
@@ -415,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     report["ml1m_subset"] = None if ml1m is None else bench_ml1m(ml1m, args)
     report["load_average_after"] = os.getloadavg()
     report["speed_reference_after"] = speed_reference()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report, report)
     return 0
 
 

@@ -43,10 +43,9 @@ import torch.multiprocessing
 
 # The sibling benchmarks are plain scripts, not a package: their helpers are imported by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import torch_bench_header
+from bench_data import torch_bench_header, write_result
 
 import cadc_ray
-from cadc_ray.atomic import write_text_atomic
 from cadc_ray.models import MatrixFactorization
 from cadc_ray.runtime.device import tune_cpu_allocator
 from cadc_ray.training import FusedMFTrainer, fused_mf
@@ -205,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "measurements": measurements,
         "summary": summary(measurements),
     }
-    write_text_atomic(output, json.dumps(report, indent=2))
-    print(json.dumps(report["summary"], indent=2))
+    write_result(output, report, report["summary"])
     return 0
 
 

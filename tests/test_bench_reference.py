@@ -1,9 +1,12 @@
-"""``bench_data.speed_reference``: the machine's speed at a gather and a GEMM, recorded by the
-benchmarks next to the load average as a coarse sign of the state the machine was in."""
+"""``bench_data``'s shared helpers: ``speed_reference`` (the machine's speed at a gather and a
+GEMM, recorded by the benchmarks next to the load average as a coarse sign of the state the
+machine was in), ``require_tuned_allocator`` and ``write_result``."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +81,22 @@ def test_a_tuned_allocator_run_exits_when_the_setting_does_not_apply(
         with pytest.raises(SystemExit, match=r"tune_cpu_allocator\(\) did not apply"):
             bench_data.require_tuned_allocator()
     assert calls == [applied]
+
+
+def test_a_result_is_written_whole_into_a_new_folder_then_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench_data = load_script("bench_data")
+    output = tmp_path / "new" / "folder" / "bench.json"
+    record = {"runs": [1.5, 2.5], "summary": {"median": 2.0}}
+
+    bench_data.write_result(output, record, record["summary"])
+    assert output.read_text(encoding="utf-8") == json.dumps(record, indent=2) + "\n"
+    assert sorted(path.name for path in output.parent.iterdir()) == ["bench.json"]  # no temp
+    printed = capsys.readouterr().out
+    assert json.loads(printed[: printed.index("wrote")]) == {"median": 2.0}
+    assert printed.endswith(f"wrote {output}\n")
+
+    bench_data.write_result(output, {"runs": []})  # replaced; no summary, only the path
+    assert json.loads(output.read_text(encoding="utf-8")) == {"runs": []}
+    assert capsys.readouterr().out == f"wrote {output}\n"
